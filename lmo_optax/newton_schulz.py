@@ -1,0 +1,187 @@
+"""Newton–Schulz orthogonalization: G = U Σ Vᵀ ↦ ≈ U Vᵀ, the heart of the spectral LMO.
+
+ALGORITHM.md §5. Each step applies the odd quintic p(x) = a·x + b·x³ + c·x⁵ to the singular
+values of X, computed with matrix products only:
+
+    A = X Xᵀ;  B = b·A + c·A A;  X = a·X + B X          (4m²n + 2m³ FLOPs for m ≤ n)
+
+after normalizing X = G / (s·‖G‖_F) so that every singular value is at most one (s ≥ 1 is the
+table's safety factor). Matrices are the last two axes; leading axes are batch axes.
+
+>>> import jax, jax.numpy as jnp
+>>> g = jax.random.normal(jax.random.key(0), (64, 32))
+>>> o = orthogonalize(g, coeffs="polar_express", steps=5)
+>>> s = jnp.linalg.svd(o, compute_uv=False)
+>>> bool((s > 0.8).all() and (s < 1.15).all())
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Coefficients = tuple[float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class CoefficientTable:
+    """Coefficients (a, b, c) per Newton–Schulz step.
+
+    Attributes:
+      name: a label for tables and logs.
+      steps: the coefficient triple of each step. With more steps requested than listed, the
+        last triple repeats; with fewer, the first ones are used (every table here is designed
+        greedily, step by step, so a prefix is the best shorter schedule).
+      safety: the input is divided by ``safety · ‖G‖_F``; a factor slightly above one leaves
+        room for round-off (Polar Express uses 1.01).
+    """
+
+    name: str
+    steps: tuple[Coefficients, ...]
+    safety: float = 1.0
+
+    def schedule(self, num_steps: int) -> tuple[Coefficients, ...]:
+        """The coefficient triples of ``num_steps`` steps."""
+        if num_steps < 1:
+            raise ValueError(f"Newton–Schulz needs at least one step, got steps={num_steps}")
+        listed = self.steps[:num_steps]
+        return listed + (self.steps[-1],) * (num_steps - len(listed))
+
+
+# ALGORITHM.md §5 table. Jordan: the quintic of Muon (modded-nanogpt), one triple for all steps.
+JORDAN = CoefficientTable("jordan", ((3.4445, -4.7750, 2.0315),))
+# You / Cesista: five triples tuned for five steps (optax's "dion" preset).
+YOU = CoefficientTable(
+    "you",
+    (
+        (4.0848, -6.8946, 2.9270),
+        (3.9505, -6.3029, 2.6377),
+        (3.7418, -5.5913, 2.3037),
+        (2.8769, -3.1427, 1.2046),
+        (2.8366, -3.0525, 1.2012),
+    ),
+)
+# Polar Express (Amsel et al. 2025), optimal per step on [1e-3, 1], with safety factor 1.01.
+POLAR_EXPRESS = CoefficientTable(
+    "polar_express",
+    (
+        (8.2051, -22.9019, 16.4607),
+        (4.0664, -2.8612, 0.5184),
+        (3.9096, -2.8234, 0.5250),
+        (3.2856, -2.4153, 0.4853),
+        (2.2779, -1.6198, 0.3985),
+        (1.8726, -1.2307, 0.3585),
+        (1.8564, -1.2132, 0.3568),
+        (1.875, -1.25, 0.375),
+    ),
+    safety=1.01,
+)
+# CANS (Grishina et al. 2025), Chebyshev-type five-step schedule.
+CANS = CoefficientTable(
+    "cans",
+    (
+        (8.4703, -25.1081, 18.6293),
+        (4.1828, -3.1087, 0.5806),
+        (3.9619, -2.9541, 0.5630),
+        (3.2866, -2.4647, 0.5074),
+        (2.2737, -1.6447, 0.4162),
+    ),
+)
+
+COEFFICIENT_TABLES: dict[str, CoefficientTable] = {
+    t.name: t for t in (POLAR_EXPRESS, JORDAN, YOU, CANS)
+}
+DEFAULT_COEFFS = "polar_express"
+DEFAULT_STEPS = 5
+
+CoeffsLike = str | CoefficientTable | Coefficients | Sequence[Coefficients]
+
+
+def coefficient_table(coeffs: CoeffsLike) -> CoefficientTable:
+    """Turns a table name, a table, one (a, b, c) triple or a list of triples into a table."""
+    if isinstance(coeffs, CoefficientTable):
+        return coeffs
+    if isinstance(coeffs, str):
+        try:
+            return COEFFICIENT_TABLES[coeffs]
+        except KeyError:
+            raise ValueError(
+                f"unknown Newton–Schulz coefficient table {coeffs!r}; "
+                f"known tables: {sorted(COEFFICIENT_TABLES)}, or pass (a, b, c) triples"
+            ) from None
+    try:
+        triples = list(coeffs)
+        if len(triples) == 3 and all(isinstance(x, (int, float)) for x in triples):
+            triples = [tuple(triples)]
+        steps = tuple(tuple(float(x) for x in t) for t in triples)
+    except TypeError:
+        steps = ()
+    if not steps or any(len(t) != 3 for t in steps):
+        raise ValueError(
+            f"Newton–Schulz coefficients must be a table name {sorted(COEFFICIENT_TABLES)}, "
+            f"an (a, b, c) triple or a sequence of triples, got {coeffs!r}"
+        )
+    return CoefficientTable("custom", steps)
+
+
+def _safe_frobenius_normalize(x: jax.Array, safety: float) -> jax.Array:
+    """x / (safety·‖x‖_F) per matrix, exactly scale invariant, 0 ↦ 0, no overflow.
+
+    Dividing by the largest entry first keeps the sum of squares finite for huge inputs and
+    avoids an additive ε (which would break scale invariance for tiny ones).
+    """
+    peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    x = x / jnp.where(peak > 0, peak, 1)
+    fro = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+    return x / (safety * jnp.where(fro > 0, fro, 1))
+
+
+def orthogonalize(
+    g: jax.Array,
+    *,
+    coeffs: CoeffsLike = DEFAULT_COEFFS,
+    steps: int = DEFAULT_STEPS,
+    dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    """Approximates the polar factor U Vᵀ of each matrix in the last two axes of ``g``.
+
+    Args:
+      g: array with at least two axes; leading axes are independent batch axes.
+      coeffs: a table name (``"polar_express"``, ``"jordan"``, ``"you"``, ``"cans"``), a
+        :class:`CoefficientTable`, one (a, b, c) triple or a sequence of triples.
+      steps: number of Newton–Schulz steps.
+      dtype: computation dtype; defaults to float32 (or float64 for float64 input). The
+        result is cast back to ``g.dtype``.
+
+    Returns:
+      An array of ``g``'s shape and dtype whose matrices have singular values near one (within
+      the bands of ALGORITHM.md §5) and the singular vectors of ``g``; zero maps to zero.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> orthogonalize(jnp.diag(jnp.array([3.0, 0.5])), steps=8).round(2)
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
+    """
+    table = coefficient_table(coeffs)
+    schedule = table.schedule(int(steps))
+    if g.ndim < 2:
+        raise ValueError(f"orthogonalize needs a matrix (ndim >= 2), got shape {g.shape}")
+    if dtype is None:
+        dtype = jnp.promote_types(g.dtype, jnp.float32)
+    x = g.astype(dtype)
+    transpose = x.shape[-2] > x.shape[-1]
+    if transpose:  # work on the wide orientation so X Xᵀ is the small Gram matrix
+        x = jnp.swapaxes(x, -1, -2)
+    x = _safe_frobenius_normalize(x, table.safety)
+    for a, b, c in schedule:
+        gram = x @ jnp.swapaxes(x, -1, -2)
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    if transpose:
+        x = jnp.swapaxes(x, -1, -2)
+    return x.astype(g.dtype)

@@ -1,0 +1,526 @@
+"""Norms, their unit-ball LMOs, dual norms and boundary initializations, in Flax layout.
+
+ALGORITHM.md §3 (the paper's Table 2 and Recommendation 3.1). A Flax kernel K has shape
+(d_in, d_out) and acts as y = x @ K. Every norm here is the *unit-ball* version; the radius
+ρ_ℓ of a parameter is attached by the rules (``lmo_optax.rules``). For every norm:
+
+* ``lmo(g)`` ∈ argmin_{‖x‖ ≤ 1} ⟨g, x⟩: descent sign, same shape and dtype as g, lmo(0) = 0;
+* ``norm(lmo(g)) = 1`` for g ≠ 0 and ``⟨g, lmo(g)⟩ = −dual_norm(g)``;
+* ``init(key, shape)`` draws a point on the unit sphere shaped like the LMO (paper App. B.3).
+
+Tensors with more than two axes name their reduction (input) and output axes; all other axes
+are batch axes, each batch entry a separate matrix. The norm of a batched tensor is the max over
+its matrices and its dual norm the sum (the layer-wise max-norm of Scion, paper §4).
+
+>>> import jax, jax.numpy as jnp
+>>> g = jax.random.normal(jax.random.key(0), (32, 16))
+>>> for n in (Spectral(method="svd"), ColNorm(), RowNorm(), Sign()):
+...     d = n.lmo(g)
+...     print(type(n).__name__, round(float(n.norm(d)), 4),
+...           bool(jnp.isclose(jnp.vdot(g, d), -n.dual_norm(g), rtol=1e-4)))
+Spectral 1.0 True
+ColNorm 1.0 True
+RowNorm 1.0 True
+Sign 1.0 True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmo_optax import newton_schulz
+
+Shape = tuple[int, ...]
+Axes = tuple[int, ...]
+
+
+def _compute_dtype(x: jax.Array) -> jnp.dtype:
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _safe_divide(x: jax.Array, y: jax.Array) -> jax.Array:
+    """x / y where y > 0, else 0: exact scale invariance and lmo(0) = 0, with no ε."""
+    positive = y > 0
+    return jnp.where(positive, x / jnp.where(positive, y, 1), 0)
+
+
+def _as_axes(axes: int | Sequence[int]) -> Axes:
+    return (int(axes),) if isinstance(axes, (int, np.integer)) else tuple(int(a) for a in axes)
+
+
+def _l2(x: jax.Array, axes: Axes) -> jax.Array:
+    """‖x‖₂ over ``axes`` (keepdims), computed without overflow for large entries."""
+    peak = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    peak = jnp.where(peak > 0, peak, 1)
+    return peak * jnp.sqrt(jnp.sum(jnp.square(x / peak), axis=axes, keepdims=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+    """Base class: a norm, its unit-ball LMO, its dual norm and its boundary init."""
+
+    def for_shape(self, shape: Shape) -> Norm:
+        """The concrete norm for a parameter of this shape (``Auto`` chooses; others: self)."""
+        del shape
+        return self
+
+    def check(self, shape: Shape) -> None:
+        """Raises ValueError when this norm cannot be applied to a parameter of ``shape``."""
+        del shape
+
+    def scale(self, shape: Shape) -> float:
+        """The dimension factor of the LMO (e.g. √(d_out/d_in) for Spectral), for tables."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short name for tables."""
+        return type(self).__name__
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixNorm(Norm):
+    """A norm on the matrices formed by reduction (input) and output axes; the rest is batch.
+
+    Attributes:
+      reduction_axes: the input axes (d_in is the product of their sizes).
+      output_axes: the output axes (d_out is the product of their sizes).
+    """
+
+    reduction_axes: int | Sequence[int] = -2
+    output_axes: int | Sequence[int] = -1
+
+    def axes(self, shape: Shape) -> tuple[Axes, Axes, Axes]:
+        """(reduction, output, batch) axes as sorted non-negative indices for ``shape``."""
+        ndim = len(shape)
+        red, out = _as_axes(self.reduction_axes), _as_axes(self.output_axes)
+        if ndim < 2:
+            raise ValueError(
+                f"{self.describe()} is a matrix norm and needs a parameter with at least two "
+                f"axes, got shape {tuple(shape)}; use RMS or Sign(fan_in_scaled=False) for vectors"
+            )
+        if any(not -ndim <= a < ndim for a in red + out):
+            raise ValueError(
+                f"{self.describe()}: axes reduction={red} output={out} are out of range for "
+                f"shape {tuple(shape)}"
+            )
+        red = tuple(sorted(a % ndim for a in red))
+        out = tuple(sorted(a % ndim for a in out))
+        if (
+            not red
+            or not out
+            or set(red) & set(out)
+            or len(set(red)) < len(red)
+            or len(set(out)) < len(out)
+        ):
+            raise ValueError(
+                f"{self.describe()}: reduction axes {red} and output axes {out} must be "
+                f"non-empty and disjoint for shape {tuple(shape)}"
+            )
+        batch = tuple(a for a in range(ndim) if a not in red and a not in out)
+        return red, out, batch
+
+    def check(self, shape: Shape) -> None:
+        self.axes(shape)
+
+    def dims(self, shape: Shape) -> tuple[int, int]:
+        """(d_in, d_out) of the matrices of a parameter of ``shape``."""
+        red, out, _ = self.axes(shape)
+        return math.prod(shape[a] for a in red), math.prod(shape[a] for a in out)
+
+    def _matrices(self, x: jax.Array) -> jax.Array:
+        """x as (*batch, d_in, d_out); a no-op for the default (…, d_in, d_out) layout."""
+        red, out, batch = self.axes(x.shape)
+        d_in, d_out = self.dims(x.shape)
+        perm = batch + red + out
+        if perm != tuple(range(x.ndim)):
+            x = jnp.transpose(x, perm)
+        return x.reshape(x.shape[: len(batch)] + (d_in, d_out))
+
+    def _from_matrices(self, m: jax.Array, shape: Shape) -> jax.Array:
+        red, out, batch = self.axes(shape)
+        perm = batch + red + out
+        x = m.reshape(tuple(shape[a] for a in perm))
+        if perm != tuple(range(len(shape))):
+            x = jnp.transpose(x, np.argsort(perm))
+        return x
+
+
+# --------------------------------------------------------------------------------------------
+# Spectral: RMS → RMS operator norm. lmo(g) = −√(d_out/d_in) · U Vᵀ  (paper Table 2)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Spectral(MatrixNorm):
+    """RMS→RMS operator norm: ‖W‖ = √(d_in/d_out)·σ_max(W); LMO −√(d_out/d_in)·U Vᵀ.
+
+    Attributes:
+      input_layer: use the factor max(1, √(d_out/d_in)) of the paper's first layers (needed to
+        transfer the learning rate when the width is below the input dimension).
+      coeffs, steps: Newton–Schulz table and step count; None takes the optimizer's setting
+        (``scion(ns_coeffs=..., ns_steps=...)``), else the library default (Polar Express, 5).
+      dtype: Newton–Schulz computation dtype (None: float32).
+      method: ``"newton_schulz"`` (default) or ``"svd"`` (exact, for tests and small models).
+    """
+
+    input_layer: bool = False
+    coeffs: newton_schulz.CoeffsLike | None = None
+    steps: int | None = None
+    dtype: str | None = None
+    method: Literal["newton_schulz", "svd"] = "newton_schulz"
+
+    def check(self, shape: Shape) -> None:
+        super().check(shape)
+        if self.method not in ("newton_schulz", "svd"):
+            raise ValueError(
+                f"Spectral method must be 'newton_schulz' or 'svd', got {self.method!r}"
+            )
+        if self.coeffs is not None:
+            newton_schulz.coefficient_table(self.coeffs)
+
+    def describe(self) -> str:
+        return "Spectral(input)" if self.input_layer else "Spectral"
+
+    def scale(self, shape: Shape) -> float:
+        d_in, d_out = self.dims(shape)
+        s = math.sqrt(d_out / d_in)
+        return max(1.0, s) if self.input_layer else s
+
+    def with_newton_schulz(
+        self, coeffs: newton_schulz.CoeffsLike | None, steps: int | None, dtype: str | None
+    ) -> Spectral:
+        """A copy whose unset Newton–Schulz settings take the given ones."""
+        return dataclasses.replace(
+            self,
+            coeffs=self.coeffs if self.coeffs is not None else coeffs,
+            steps=self.steps if self.steps is not None else steps,
+            dtype=self.dtype if self.dtype is not None else dtype,
+        )
+
+    def polar(self, m: jax.Array) -> jax.Array:
+        """U Vᵀ (approximately, by Newton–Schulz) of matrices in the last two axes."""
+        if self.method == "svd":
+            u, s, vt = jnp.linalg.svd(m.astype(_compute_dtype(m)), full_matrices=False)
+            # Drop directions of exactly zero singular value so that lmo(0) = 0.
+            keep = (s > 0).astype(u.dtype)[..., None, :]
+            return ((u * keep) @ vt).astype(m.dtype)
+        return newton_schulz.orthogonalize(
+            m,
+            coeffs=self.coeffs if self.coeffs is not None else newton_schulz.DEFAULT_COEFFS,
+            steps=self.steps if self.steps is not None else newton_schulz.DEFAULT_STEPS,
+            dtype=self.dtype,
+        )
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        m = self._matrices(g)
+        o = self.polar(m.astype(_compute_dtype(g))) * (-self.scale(g.shape))
+        return self._from_matrices(o, g.shape).astype(g.dtype)
+
+    def _singular_values(self, x: jax.Array) -> jax.Array:
+        m = self._matrices(x).astype(_compute_dtype(x))
+        return jnp.linalg.svd(m, compute_uv=False)
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        return jnp.max(self._singular_values(w)) / self.scale(w.shape)
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        return jnp.sum(self._singular_values(g)) * self.scale(g.shape)
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        """Semi-orthogonal matrices (QR with Q·sign(diag R)) times the LMO's factor."""
+        red, out, batch = self.axes(shape)
+        d_in, d_out = self.dims(shape)
+        batch_shape = tuple(shape[a] for a in batch)
+        tall = d_in >= d_out
+        z = jax.random.normal(key, batch_shape + ((d_in, d_out) if tall else (d_out, d_in)))
+        q, r = jnp.linalg.qr(z)
+        q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+        m = q if tall else jnp.swapaxes(q, -1, -2)
+        return self._from_matrices(m * self.scale(shape), tuple(shape)).astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralConv(Spectral):
+    """Spectral norm of a convolution kernel in Flax HWIO layout (…spatial, c_in, c_out).
+
+    The (k₁·…·k_s·c_in, c_out) matrix is orthogonalized, as in the reference ``SpectralConv``,
+    and scaled by √(c_out/c_in)/(k₁·…·k_s) (ALGORITHM.md §3; /k for 1-D, /(kh·kw) for 2-D).
+    The reduction and output axes are fixed by the layout: spatial axes and c_in reduce.
+    """
+
+    def axes(self, shape: Shape) -> tuple[Axes, Axes, Axes]:
+        if len(shape) < 3:
+            raise ValueError(
+                f"SpectralConv needs a convolution kernel (spatial..., c_in, c_out) with at "
+                f"least three axes, got shape {tuple(shape)}"
+            )
+        ndim = len(shape)
+        return tuple(range(ndim - 1)), (ndim - 1,), ()
+
+    def describe(self) -> str:
+        return "SpectralConv(input)" if self.input_layer else "SpectralConv"
+
+    def scale(self, shape: Shape) -> float:
+        c_in, c_out = shape[-2], shape[-1]
+        s = math.sqrt(c_out / c_in) / math.prod(shape[:-2])
+        return max(1.0, s) if self.input_layer else s
+
+
+# --------------------------------------------------------------------------------------------
+# ColNorm: 1 → RMS. Row i of K (input unit i): lmo = −√d_out · g[i,:]/‖g[i,:]‖₂
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ColNorm(MatrixNorm):
+    """1→RMS operator norm: ‖W‖ = max_i ‖W[i,:]‖₂/√d_out over input units i.
+
+    The paper's "columns" (of A = Kᵀ) are the rows of a Flax kernel: the outgoing weights of one
+    input unit, e.g. one token's embedding vector. LMO: −√d_out · g[i,:]/‖g[i,:]‖₂ per row.
+
+    Attributes:
+      fan_in_scaled: also divide by d_in (the reference's ``normalized=True``, for hidden and
+        output layers in the "ColNorm everywhere" variant of paper Table 6).
+    """
+
+    fan_in_scaled: bool = False
+
+    def scale(self, shape: Shape) -> float:
+        d_in, d_out = self.dims(shape)
+        return math.sqrt(d_out) / (d_in if self.fan_in_scaled else 1)
+
+    def _row_norms(self, x: jax.Array) -> jax.Array:
+        _, out, _ = self.axes(x.shape)
+        return _l2(x.astype(_compute_dtype(x)), out)
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        x = g.astype(_compute_dtype(g))
+        return (-self.scale(g.shape) * _safe_divide(x, self._row_norms(g))).astype(g.dtype)
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        return jnp.max(self._row_norms(w)) / self.scale(w.shape)
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        return jnp.sum(self._row_norms(g)) * self.scale(g.shape)
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        z = jax.random.normal(key, shape)
+        return (self.scale(shape) * _safe_divide(z, self._row_norms(z))).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# RowNorm: RMS → ∞. Column j of K (output unit j): lmo = −(1/√d_in) · g[:,j]/‖g[:,j]‖₂
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RowNorm(MatrixNorm):
+    """RMS→∞ operator norm: ‖W‖ = √d_in · max_j ‖W[:,j]‖₂ over output units j.
+
+    The paper's "rows" (of A = Kᵀ) are the columns of a Flax kernel: the incoming weights of one
+    output unit. LMO: −(1/√d_in) · g[:,j]/‖g[:,j]‖₂ per column.
+
+    Attributes:
+      fan_in_scaled: the 1/√d_in factor (default); False gives the ℓ2→∞ norm the reference
+        uses on input layers (``normalized=False``).
+    """
+
+    fan_in_scaled: bool = True
+
+    def scale(self, shape: Shape) -> float:
+        d_in, _ = self.dims(shape)
+        return 1 / math.sqrt(d_in) if self.fan_in_scaled else 1.0
+
+    def _col_norms(self, x: jax.Array) -> jax.Array:
+        red, _, _ = self.axes(x.shape)
+        return _l2(x.astype(_compute_dtype(x)), red)
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        x = g.astype(_compute_dtype(g))
+        return (-self.scale(g.shape) * _safe_divide(x, self._col_norms(g))).astype(g.dtype)
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        return jnp.max(self._col_norms(w)) / self.scale(w.shape)
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        return jnp.sum(self._col_norms(g)) * self.scale(g.shape)
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        z = jax.random.normal(key, shape)
+        return (self.scale(shape) * _safe_divide(z, self._col_norms(z))).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Sign: 1 → ∞ (max-entry) norm. lmo = −(1/d_in)·sign(g) on hidden/output layers, −sign(g) else
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sign(MatrixNorm):
+    """1→∞ operator norm (the largest entry): ‖W‖ = max|W_ij|/c; LMO −c·sign(g).
+
+    Attributes:
+      fan_in_scaled: c = 1/d_in (default; the paper's choice on hidden and output layers, and
+        for tied embeddings, where d_in is d_model: pass ``reduction_axes=-1, output_axes=-2``
+        for a (vocab, d_model) table). With False, c = 1 and any shape is accepted (the ℓ∞
+        norm of vectors and of first layers).
+    """
+
+    fan_in_scaled: bool = True
+
+    def check(self, shape: Shape) -> None:
+        if self.fan_in_scaled:
+            self.axes(shape)
+
+    def describe(self) -> str:
+        return "Sign(1/d_in)" if self.fan_in_scaled else "Sign"
+
+    def scale(self, shape: Shape) -> float:
+        return 1 / self.dims(shape)[0] if self.fan_in_scaled else 1.0
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        return (-self.scale(g.shape) * jnp.sign(g.astype(_compute_dtype(g)))).astype(g.dtype)
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        return jnp.max(jnp.abs(w.astype(_compute_dtype(w)))) / self.scale(w.shape)
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.abs(g.astype(_compute_dtype(g)))) * self.scale(g.shape)
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return (self.scale(shape) * jax.random.rademacher(key, shape, jnp.float32)).astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Linf(Sign):
+    """ℓ∞ norm of any tensor (vectors included): ‖w‖ = max|w_i|; LMO −sign(g)."""
+
+    fan_in_scaled: bool = False
+
+    def describe(self) -> str:
+        return "Linf"
+
+
+# --------------------------------------------------------------------------------------------
+# RMS: ‖z‖_RMS = ‖z‖₂/√n. lmo = −g/‖g‖_RMS (biases, norm gains, positional embeddings)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RMS(Norm):
+    """RMS norm ‖z‖₂/√n over ``axes``; LMO −√n · g/‖g‖₂.
+
+    Attributes:
+      axes: the axes normalized together (None: the whole tensor). Other axes are batch axes
+        (max-norm over them). Name the axes explicitly for tensors such as (seq, d_model)
+        positional embeddings: normalizing over an axis of size one would silently turn the
+        LMO into −sign(g).
+      init_value: boundary init: ``"zeros"`` (biases, paper App. B.3), ``"ones"`` (norm gains,
+        on the unit sphere) or ``"sphere"`` (a random point on it).
+    """
+
+    axes: int | Sequence[int] | None = None
+    init_value: Literal["zeros", "ones", "sphere"] = "zeros"
+
+    def _axes(self, shape: Shape) -> Axes:
+        ndim = len(shape)
+        if self.axes is None:
+            return tuple(range(ndim))
+        axes = _as_axes(self.axes)
+        if any(not -ndim <= a < ndim for a in axes):
+            raise ValueError(f"RMS axes {axes} are out of range for shape {tuple(shape)}")
+        return tuple(sorted({a % ndim for a in axes}))
+
+    def check(self, shape: Shape) -> None:
+        self._axes(shape)
+        if self.init_value not in ("zeros", "ones", "sphere"):
+            raise ValueError(
+                f"RMS init_value must be zeros, ones or sphere, got {self.init_value!r}"
+            )
+
+    def _size(self, shape: Shape) -> int:
+        return math.prod(shape[a] for a in self._axes(shape))
+
+    def scale(self, shape: Shape) -> float:
+        return math.sqrt(self._size(shape))
+
+    def _l2(self, x: jax.Array) -> jax.Array:
+        return _l2(x.astype(_compute_dtype(x)), self._axes(x.shape))
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        x = g.astype(_compute_dtype(g))
+        return (-self.scale(g.shape) * _safe_divide(x, self._l2(g))).astype(g.dtype)
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        return jnp.max(self._l2(w)) / self.scale(w.shape)
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        return jnp.sum(self._l2(g)) * self.scale(g.shape)
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        if self.init_value == "zeros":
+            return jnp.zeros(shape, dtype)
+        if self.init_value == "ones":
+            return jnp.ones(shape, dtype)
+        z = jax.random.normal(key, shape)
+        return (self.scale(shape) * _safe_divide(z, self._l2(z))).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Auto: the reference's shape-based default
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Auto(Norm):
+    """Chooses a norm from the shape alone, like the reference's ``Auto``.
+
+    0-D and 1-D: RMS; 2-D: Spectral; 3-D: Spectral on the last two axes with the leading axis
+    as a batch axis (scanned layers; use ``SpectralConv`` for 1-D convolutions by a rule);
+    4-D: SpectralConv (Flax HWIO convolution); more axes: Spectral on the last two axes.
+    """
+
+    def for_shape(self, shape: Shape) -> Norm:
+        ndim = len(shape)
+        if ndim <= 1:
+            return RMS()
+        if ndim == 4:
+            return SpectralConv()
+        return Spectral()
+
+    def check(self, shape: Shape) -> None:
+        self.for_shape(shape).check(shape)
+
+    def scale(self, shape: Shape) -> float:
+        return self.for_shape(shape).scale(shape)
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        return self.for_shape(g.shape).lmo(g)
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        return self.for_shape(w.shape).norm(w)
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        return self.for_shape(g.shape).dual_norm(g)
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        return self.for_shape(shape).init(key, shape, dtype)

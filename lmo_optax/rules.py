@@ -1,0 +1,504 @@
+"""From pytree paths to norms and radii: ordered rules, presets, a table, init on the ball.
+
+A parameter's path is its key path joined by "/" (``"layers/0/attn/query/kernel"``; a trailing
+``.value`` of a Flax NNX variable is dropped). Rules are tried in order; the first whose
+pattern (a glob, or a regular expression with ``regex=True``) and shape conditions match gives
+the parameter its norm and radius ρ_ℓ. Assignments depend only on paths and shapes, so they are
+the same for params at ``init`` and for updates at ``update``.
+
+Presets follow the paper's Recommendation 3.1 (first → hidden → last layer):
+
+=========  ===========================================================================
+preset     norms
+=========  ===========================================================================
+gpt        ColNorm embedding → Spectral hidden → Sign(1/d_in) head; RMS vectors
+gpt_tied   Sign(1/d_model) tied embedding/head → Spectral hidden; RMS vectors
+vit        Spectral(input) patch embedding → Spectral hidden → Sign(1/d_in) head
+cnn        SpectralConv(input) first conv → SpectralConv → Sign(1/d_in) last dense
+mlp        Spectral(input) first → Spectral hidden → Sign(1/d_in) last
+auto       Auto (RMS for vectors, Spectral for matrices, SpectralConv for 4-D kernels)
+=========  ===========================================================================
+
+>>> import jax.numpy as jnp
+>>> params = {"embed": {"embedding": jnp.zeros((256, 64))},
+...           "block": {"mlp": {"kernel": jnp.zeros((64, 256)), "bias": jnp.zeros(256)}},
+...           "lm_head": {"kernel": jnp.zeros((64, 256))}}
+>>> print(rules_table(params, gpt_rules()))  # doctest: +NORMALIZE_WHITESPACE
+path              shape      norm          radius  scale    rule
+----------------  ---------  ------------  ------  -------  ---------------
+block/mlp/bias    (256,)     RMS           3       16       *bias
+block/mlp/kernel  (64, 256)  Spectral      3       2        *kernel
+embed/embedding   (256, 64)  ColNorm       1       8        token embedding
+lm_head/kernel    (64, 256)  Sign(1/d_in)  10      0.01562  output head
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmo_optax import norms as norms_lib
+
+Shape = tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One rule: which parameters (by path and shape) get which norm and radius.
+
+    Attributes:
+      pattern: a glob on the "/"-joined path (``*`` matches across "/"), or a regular
+        expression searched in the path when ``regex`` is True.
+      norm: the unit-ball norm (a :class:`~lmo_optax.norms.Norm`; ``Auto()`` chooses by shape).
+      radius: the radius ρ_ℓ of the parameter's ball; the LMO stage outputs ρ_ℓ·lmo(d).
+      regex: treat ``pattern`` as a regular expression.
+      ndim: only parameters with this number of axes (an int or a tuple of ints).
+      shape: only parameters of this shape (None entries match any size).
+      select: among the parameters this rule matches, take ``"all"``, or only the ``"first"``
+        or ``"last"`` in natural path order (digits compared as numbers), e.g. the input and
+        output layers of an MLP.
+      name: a label for tables (defaults to the pattern).
+    """
+
+    pattern: str
+    norm: norms_lib.Norm
+    radius: float = 1.0
+    regex: bool = False
+    ndim: int | tuple[int, ...] | None = None
+    shape: tuple[int | None, ...] | None = None
+    select: Literal["all", "first", "last"] = "all"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.norm, norms_lib.Norm):
+            raise TypeError(
+                f"Rule {self.pattern!r}: norm must be a lmo_optax Norm, got {self.norm!r}"
+            )
+        if not (
+            isinstance(self.radius, (int, float)) and math.isfinite(self.radius) and self.radius > 0
+        ):
+            raise ValueError(
+                f"Rule {self.pattern!r}: radius must be a positive number, got {self.radius!r}"
+            )
+        if self.select not in ("all", "first", "last"):
+            raise ValueError(f"Rule {self.pattern!r}: select must be all, first or last")
+        if self.regex:
+            re.compile(self.pattern)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.pattern
+
+    def matches(self, path: str, shape: Shape) -> bool:
+        """Whether the path and shape conditions hold (``select`` is applied by the resolver)."""
+        if self.ndim is not None:
+            allowed = (self.ndim,) if isinstance(self.ndim, int) else tuple(self.ndim)
+            if len(shape) not in allowed:
+                return False
+        if self.shape is not None and (
+            len(self.shape) != len(shape)
+            or any(s is not None and s != d for s, d in zip(self.shape, shape))
+        ):
+            return False
+        if self.regex:
+            return re.search(self.pattern, path) is not None
+        return fnmatch.fnmatchcase(path, self.pattern)
+
+    def scaled(self, factor: float) -> Rule:
+        """The same rule with its radius multiplied by ``factor``."""
+        return dataclasses.replace(self, radius=self.radius * factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """What one parameter got: its concrete norm, radius and the rule that matched."""
+
+    path: str
+    shape: Shape
+    norm: norms_lib.Norm
+    radius: float
+    rule: str
+
+    @property
+    def scale(self) -> float:
+        return self.norm.scale(self.shape)
+
+
+RulesLike = str | Sequence[Rule] | None
+
+
+def path_to_str(path: Sequence[Any]) -> str:
+    """ "/"-joined key path, without the trailing ``value`` attribute of NNX variables."""
+    keys = list(path)
+    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+        keys = keys[:-1]
+    return jax.tree_util.keystr(tuple(keys), simple=True, separator="/")
+
+
+def _natural_key(path: str) -> list[Any]:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path) if t]
+
+
+def _is_leaf(x: Any) -> bool:
+    return x is None
+
+
+def resolve_rules(rules: RulesLike) -> tuple[Rule, ...]:
+    """None → the auto rules; a preset name → that preset; a sequence → a tuple of rules."""
+    if rules is None:
+        return tuple(auto_rules())
+    if isinstance(rules, str):
+        try:
+            return tuple(PRESETS[rules]())
+        except KeyError:
+            raise ValueError(
+                f"unknown rules preset {rules!r}; known presets: {sorted(PRESETS)}"
+            ) from None
+    rules = tuple(rules)
+    for r in rules:
+        if not isinstance(r, Rule):
+            raise TypeError(f"rules must be lmo_optax.Rule objects, got {r!r}")
+    return rules
+
+
+def assign(params: Any, rules: RulesLike = None) -> Any:
+    """Assigns a norm and radius to every leaf of ``params`` (arrays or ShapeDtypeStructs).
+
+    Returns:
+      A pytree of :class:`Assignment` with the structure of ``params``.
+
+    Raises:
+      ValueError: naming every parameter that no rule matched, or a parameter whose norm does
+        not fit its shape, or whose dtype is not floating point.
+    """
+    rules = resolve_rules(rules)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [path_to_str(p) for p, _ in leaves]
+    shapes = [tuple(np.shape(x)) for _, x in leaves]
+
+    bad_dtypes = [
+        f"{p} ({jnp.result_type(x).name})"
+        for p, (_, x) in zip(paths, leaves)
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating)
+    ]
+    if bad_dtypes:
+        raise ValueError(
+            "lmo_optax: LMO optimizers need floating-point parameters; these are not: "
+            + ", ".join(bad_dtypes)
+            + ". Leave them out of the optimizer (e.g. optax.partition or optax.masked), or "
+            "keep them outside the params pytree."
+        )
+
+    # Rules with select="first"/"last" match a single parameter among their candidates.
+    selected: dict[int, int | None] = {}
+    for k, rule in enumerate(rules):
+        if rule.select != "all":
+            candidates = [i for i in range(len(paths)) if rule.matches(paths[i], shapes[i])]
+            candidates.sort(key=lambda i: _natural_key(paths[i]))
+            selected[k] = (
+                (candidates[0] if rule.select == "first" else candidates[-1])
+                if candidates
+                else None
+            )
+
+    out, unmatched, errors = [], [], []
+    for i, (path, shape) in enumerate(zip(paths, shapes)):
+        match = None
+        for k, rule in enumerate(rules):
+            if rule.select != "all":
+                if selected[k] == i:
+                    match = rule
+                    break
+            elif rule.matches(path, shape):
+                match = rule
+                break
+        if match is None:
+            unmatched.append(f"{path} {shape}")
+            out.append(None)
+            continue
+        norm = match.norm.for_shape(shape)
+        try:
+            norm.check(shape)
+        except ValueError as e:
+            errors.append(f"parameter {path!r} with shape {shape} (rule {match.label!r}): {e}")
+        out.append(Assignment(path, shape, norm, float(match.radius), match.label))
+    if unmatched:
+        raise ValueError(
+            f"lmo_optax: no rule matched {len(unmatched)} parameter(s): "
+            + "; ".join(unmatched)
+            + f". Rules tried, in order: {[r.label for r in rules]}. Add a rule for them "
+            "(e.g. Rule('*', Auto()) as a catch-all)."
+        )
+    if errors:
+        raise ValueError("lmo_optax: " + "\n".join(errors))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def rules_table(params: Any, rules: RulesLike = None) -> str:
+    """A text table of every parameter: path, shape, norm, radius, LMO scale factor, rule."""
+    assignments = jax.tree.leaves(
+        assign(params, rules), is_leaf=lambda x: isinstance(x, Assignment)
+    )
+    rows = [
+        (a.path, str(a.shape), a.norm.describe(), f"{a.radius:.4g}", f"{a.scale:.4g}", a.rule)
+        for a in sorted(assignments, key=lambda a: _natural_key(a.path))
+    ]
+    header = ("path", "shape", "norm", "radius", "scale", "rule")
+    widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+def print_rules(params: Any, rules: RulesLike = None) -> None:
+    """Prints :func:`rules_table`."""
+    print(rules_table(params, rules))
+
+
+def init_on_ball(key: jax.Array, params: Any, rules: RulesLike = None) -> Any:
+    """New parameters on the boundary of each ball: ρ_ℓ · norm.init (paper App. B.3).
+
+    ``params`` gives structure, shapes and dtypes (arrays or ``jax.ShapeDtypeStruct``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from lmo_optax.norms import Spectral
+    >>> p = init_on_ball(jax.random.key(0), {"w": jnp.zeros((8, 4))}, [Rule("*", Spectral(), 2.0)])
+    >>> round(float(Spectral().norm(p["w"])), 4)
+    2.0
+    """
+    assignments = assign(params, rules)
+    leaves, treedef = jax.tree_util.tree_flatten(
+        assignments, is_leaf=lambda x: isinstance(x, Assignment)
+    )
+    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
+    keys = jax.random.split(key, max(len(leaves), 1))
+    new = [a.radius * a.norm.init(k, a.shape, jnp.float32) for a, k in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(treedef, [x.astype(d) for x, d in zip(new, dtypes)])
+
+
+# --------------------------------------------------------------------------------------------
+# Presets (paper Recommendation 3.1, Tables 3–4)
+# --------------------------------------------------------------------------------------------
+
+_VECTOR = Rule("*", norms_lib.RMS(), 1.0, ndim=(0, 1), name="vectors")
+_POSITIONAL = r"(^|/)(wpe|pos\w*|position\w*)(/|$)"
+_HEAD = r"(^|/)(lm_head|head|unembed\w*|output|logits|classifier)(/|$)"
+_EMBED = r"(^|/)(wte|tok\w*|embed\w*|embedder)(/|$)|embedding$"
+_QKV = r"(^|/)(query|key|value|q|k|v|qkv|q_proj|k_proj|v_proj)(/|$)"
+_OUT = r"(^|/)(out|o|o_proj|out_proj)(/|$)"
+
+
+def _vectors(radius: float) -> list[Rule]:
+    return [
+        Rule("*bias", norms_lib.RMS(), radius, ndim=(0, 1)),
+        Rule("*scale", norms_lib.RMS(init_value="ones"), radius, ndim=(0, 1)),
+        dataclasses.replace(_VECTOR, radius=radius),
+    ]
+
+
+def _attention_and_hidden(radius: float) -> list[Rule]:
+    return [
+        # DenseGeneral attention kernels: q/k/v (d_model, heads, head_dim), out (heads,
+        # head_dim, d_model); a leading layer axis of scanned blocks is a batch axis.
+        Rule(
+            _QKV,
+            norms_lib.Spectral(reduction_axes=-3, output_axes=(-2, -1)),
+            radius,
+            regex=True,
+            ndim=(3, 4),
+            name="attention q/k/v",
+        ),
+        Rule(
+            _OUT,
+            norms_lib.Spectral(reduction_axes=(-3, -2), output_axes=-1),
+            radius,
+            regex=True,
+            ndim=(3, 4),
+            name="attention out",
+        ),
+        Rule("*kernel", norms_lib.Spectral(), radius, ndim=(2, 3)),
+    ]
+
+
+def gpt_rules(
+    *,
+    tied: bool = False,
+    embedding_radius: float = 1.0,
+    hidden_radius: float = 3.0,
+    head_radius: float = 10.0,
+    vector_radius: float | None = None,
+) -> list[Rule]:
+    """Rules for a Flax GPT (one-hot token inputs).
+
+    Untied: ColNorm → Spectral → Sign(1/d_in) (Recommendation 3.1 for one-hot inputs). Tied
+    (the embedding table is also the head, logits = x @ Eᵀ): Sign with fan-in d_model, the
+    paper's nanoGPT choice. Positional embedding tables get per-position RMS (ColNorm, which is
+    the same map on a (positions, d_model) table); biases and norm gains get RMS.
+
+    Default radii are the paper's shallow-GPT width sweeps (input 1, hidden 3, head 10); its
+    124M nanoGPT run used hidden 50 and tied embedding 3000. ``vector_radius`` defaults to
+    ``hidden_radius``.
+    """
+    vector_radius = hidden_radius if vector_radius is None else vector_radius
+    if tied:
+        embedding = Rule(
+            _EMBED,
+            norms_lib.Sign(reduction_axes=-1, output_axes=-2),
+            head_radius,
+            regex=True,
+            ndim=2,
+            name="tied embedding/head",
+        )
+    else:
+        embedding = Rule(
+            _EMBED,
+            norms_lib.ColNorm(),
+            embedding_radius,
+            regex=True,
+            ndim=2,
+            name="token embedding",
+        )
+    return [
+        Rule(
+            _POSITIONAL,
+            norms_lib.ColNorm(),
+            embedding_radius,
+            regex=True,
+            ndim=2,
+            name="positional embedding",
+        ),
+        Rule(_HEAD, norms_lib.Sign(), head_radius, regex=True, ndim=2, name="output head"),
+        embedding,
+        *_attention_and_hidden(hidden_radius),
+        *_vectors(vector_radius),
+    ]
+
+
+def gpt_tied_rules(**kwargs: Any) -> list[Rule]:
+    """:func:`gpt_rules` with ``tied=True``."""
+    return gpt_rules(tied=True, **kwargs)
+
+
+def vit_rules(
+    *,
+    hidden_radius: float = 25.0,
+    head_radius: float = 500.0,
+    embedding_radius: float | None = None,
+    vector_radius: float | None = None,
+) -> list[Rule]:
+    """Rules for a Flax ViT: Spectral(input) patch embedding (conv or dense) → Spectral hidden
+    → Sign(1/d_in) head; positional embeddings and class token RMS; biases, gains RMS.
+
+    Default radii are the paper's DeiT-base run (Auto radius 25, head Sign 500, positional
+    embeddings RMS 25).
+    """
+    embedding_radius = hidden_radius if embedding_radius is None else embedding_radius
+    vector_radius = hidden_radius if vector_radius is None else vector_radius
+    patch = r"(^|/)(patch\w*|embedding|stem|conv_proj|to_patch\w*)(/|$)"
+    return [
+        Rule(
+            patch,
+            norms_lib.SpectralConv(input_layer=True),
+            embedding_radius,
+            regex=True,
+            ndim=(3, 4),
+            name="patch embedding (conv)",
+        ),
+        Rule(
+            patch,
+            norms_lib.Spectral(input_layer=True),
+            embedding_radius,
+            regex=True,
+            ndim=2,
+            name="patch embedding (dense)",
+        ),
+        Rule(
+            _POSITIONAL,
+            norms_lib.RMS(axes=-1, init_value="sphere"),
+            embedding_radius,
+            regex=True,
+            name="positional embedding",
+        ),
+        Rule(
+            r"(^|/)(cls\w*|class_token)(/|$)",
+            norms_lib.RMS(axes=-1, init_value="sphere"),
+            embedding_radius,
+            regex=True,
+            name="class token",
+        ),
+        Rule(_HEAD, norms_lib.Sign(), head_radius, regex=True, ndim=2, name="output head"),
+        *_attention_and_hidden(hidden_radius),
+        *_vectors(vector_radius),
+    ]
+
+
+def cnn_rules(*, radius: float = 8.0, head_radius: float = 128.0) -> list[Rule]:
+    """Rules for a Flax CNN: SpectralConv(input) first conv → SpectralConv → Sign(1/d_in) on
+    the last dense layer; other dense kernels Spectral; BatchNorm/bias vectors RMS.
+
+    Default radii are the paper's airbench CIFAR-10 run (convs and BatchNorm 8, head 128).
+    The first conv is the first 3-D or 4-D kernel in natural path order, the head the last
+    2-D kernel.
+    """
+    return [
+        Rule(
+            "*kernel",
+            norms_lib.SpectralConv(input_layer=True),
+            radius,
+            ndim=(3, 4),
+            select="first",
+            name="first conv",
+        ),
+        Rule("*kernel", norms_lib.Sign(), head_radius, ndim=2, select="last", name="last dense"),
+        Rule("*kernel", norms_lib.SpectralConv(), radius, ndim=(3, 4), name="conv"),
+        Rule("*kernel", norms_lib.Spectral(), radius, ndim=2, name="dense"),
+        *_vectors(radius),
+    ]
+
+
+def mlp_rules(
+    *, radius: float = 1.0, head_radius: float | None = None, vector_radius: float | None = None
+) -> list[Rule]:
+    """Rules for an MLP: Spectral(input) → Spectral → Sign(1/d_in) (paper Table 3).
+
+    The first and last layers are the first and last 2-D kernels in natural path order
+    (``layers/2`` before ``layers/10``). ``head_radius`` and ``vector_radius`` default to
+    ``radius``.
+    """
+    head_radius = radius if head_radius is None else head_radius
+    vector_radius = radius if vector_radius is None else vector_radius
+    return [
+        Rule(
+            "*kernel",
+            norms_lib.Spectral(input_layer=True),
+            radius,
+            ndim=2,
+            select="first",
+            name="first layer",
+        ),
+        Rule("*kernel", norms_lib.Sign(), head_radius, ndim=2, select="last", name="last layer"),
+        Rule("*kernel", norms_lib.Spectral(), radius, ndim=2, name="hidden"),
+        *_vectors(vector_radius),
+    ]
+
+
+def auto_rules(radius: float = 1.0) -> list[Rule]:
+    """One catch-all rule: ``Auto()`` chooses the norm from each parameter's shape."""
+    return [Rule("*", norms_lib.Auto(), radius, name="auto")]
+
+
+PRESETS: dict[str, Callable[[], list[Rule]]] = {
+    "auto": auto_rules,
+    "gpt": gpt_rules,
+    "gpt_tied": gpt_tied_rules,
+    "vit": vit_rules,
+    "cnn": cnn_rules,
+    "mlp": mlp_rules,
+}

@@ -1,0 +1,262 @@
+"""The three stages of (u)SCG as composable optax transformations.
+
+    optax.chain(
+        average_gradients(gradient_weight=0.1),   # d ← (1 − α)·d + α·g      (paper eq. 3)
+        scale_by_lmo(rules),                     # v_ℓ = ρ_ℓ · lmo_ℓ(d_ℓ)     (per parameter)
+        scion_step(learning_rate, constrained=True),  # SCG: x ← (1 − γ)x + γ·v;  uSCG: x ← x + γ·v
+    )
+
+Each stage is an ordinary ``optax.GradientTransformation``, so clipping, schedules,
+``optax.apply_if_finite``, ``optax.inject_hyperparams`` and ``optax.MultiSteps`` compose with it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lmo_optax import newton_schulz
+from lmo_optax import norms as norms_lib
+from lmo_optax import rules as rules_lib
+
+
+def _check_unit_interval(name: str, value: Any) -> None:
+    if isinstance(value, numbers.Real) and not 0 < float(value) <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
+def _zeros_like(x: Any, dtype: Any) -> jax.Array:
+    """Zeros of x's shape (and sharding, for arrays), also for jax.ShapeDtypeStruct."""
+    if isinstance(x, jax.Array):
+        return jnp.zeros_like(x, dtype=dtype)
+    return jnp.zeros(x.shape, dtype, out_sharding=getattr(x, "sharding", None))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: gradient averaging, d^k = (1 − α) d^{k−1} + α ∇f(x^k, ξ_k)   (paper eq. 3)
+# --------------------------------------------------------------------------------------------
+
+
+class AverageGradientsState(NamedTuple):
+    """State of :func:`average_gradients`."""
+
+    average: optax.Updates  # d^k: one buffer per parameter, params' shapes, ``state_dtype``
+
+
+def average_gradients(
+    gradient_weight: float = 0.1,
+    *,
+    nesterov: bool = False,
+    state_dtype: Any = None,
+) -> optax.GradientTransformation:
+    """Exponential average of gradients, d ← (1 − α)·d + α·g, starting from d⁰ = 0.
+
+    Args:
+      gradient_weight: α of the paper: the weight of the *new* gradient. It is one minus the
+        usual momentum: ``gradient_weight=0.1`` is optax's momentum/β = 0.9. Must be in (0, 1];
+        1 disables averaging (no state is kept).
+      nesterov: output (1 − α)·d^k + α·g^k (Nesterov look-ahead) instead of d^k.
+      state_dtype: dtype of the stored average (e.g. ``jnp.bfloat16`` for 2 bytes per
+        parameter); None keeps the parameters' dtype. The average is computed in at least
+        float32 and only rounded when stored, so this step's output is not degraded.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose updates are the averaged gradients (in the
+      gradients' dtype).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = average_gradients(gradient_weight=0.5)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> d, state = tx.update(jnp.array([2.0, 4.0]), state)
+      >>> d, state = tx.update(jnp.array([2.0, 4.0]), state)
+      >>> d
+      Array([1.5, 3. ], dtype=float32)
+    """
+    _check_unit_interval("gradient_weight", gradient_weight)
+    no_averaging = isinstance(gradient_weight, numbers.Real) and float(gradient_weight) == 1.0
+    state_dtype = None if state_dtype is None else jnp.dtype(state_dtype)
+
+    def init_fn(params: optax.Params) -> AverageGradientsState | optax.EmptyState:
+        if no_averaging:
+            return optax.EmptyState()
+        return AverageGradientsState(
+            jax.tree.map(lambda p: _zeros_like(p, state_dtype or jnp.result_type(p)), params)
+        )
+
+    def update_fn(updates: optax.Updates, state: Any, params: optax.Params | None = None):
+        del params
+        if no_averaging:
+            return updates, state
+        alpha = gradient_weight
+
+        def average(g: jax.Array, d: jax.Array) -> jax.Array:
+            dtype = jnp.promote_types(jnp.promote_types(g.dtype, d.dtype), jnp.float32)
+            return (1 - alpha) * d.astype(dtype) + alpha * g.astype(dtype)
+
+        new_average = jax.tree.map(average, updates, state.average)
+        if nesterov:
+            out = jax.tree.map(average, updates, new_average)
+        else:
+            out = new_average
+        out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
+        stored = jax.tree.map(lambda d, old: d.astype(old.dtype), new_average, state.average)
+        return out, AverageGradientsState(stored)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: the per-parameter LMO, v_ℓ = ρ_ℓ · lmo_ℓ(d_ℓ)   (Scion's layer-wise max-norm, §4)
+# --------------------------------------------------------------------------------------------
+
+
+def scale_by_lmo(
+    rules: rules_lib.RulesLike = None,
+    *,
+    ns_coeffs: newton_schulz.CoeffsLike | None = None,
+    ns_steps: int | None = None,
+    ns_dtype: Any = None,
+    clip: bool = False,
+    radius_scale: float = 1.0,
+) -> optax.GradientTransformation:
+    """Replaces each (averaged) gradient d_ℓ by ρ_ℓ · lmo_ℓ(d_ℓ), the norm chosen by the rules.
+
+    Args:
+      rules: a list of :class:`~lmo_optax.rules.Rule`, a preset name (``"gpt"``,
+        ``"gpt_tied"``, ``"vit"``, ``"cnn"``, ``"mlp"``, ``"auto"``) or None for ``"auto"``.
+      ns_coeffs: Newton–Schulz table for Spectral norms that do not set their own (default
+        ``"polar_express"``).
+      ns_steps: Newton–Schulz steps for Spectral norms that do not set their own (default 5).
+      ns_dtype: Newton–Schulz computation dtype (default float32).
+      clip: the clipped variant: step with η_ℓ = min{ρ_ℓ, ‖d_ℓ‖_*} instead of ρ_ℓ, where the
+        dual norm is −⟨d_ℓ, lmo_ℓ(d_ℓ)⟩ (exact for exact LMOs, to Newton–Schulz accuracy for
+        Spectral).
+      radius_scale: multiplies every radius (convenient for sweeps; may be injected).
+
+    Returns:
+      An ``optax.GradientTransformation`` with no state. It raises ValueError at ``init`` (and
+      at trace time) naming every parameter no rule matched or whose norm does not fit.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from lmo_optax.norms import Sign
+      >>> from lmo_optax.rules import Rule
+      >>> tx = scale_by_lmo([Rule("*", Sign(fan_in_scaled=False), radius=2.0)])
+      >>> v, _ = tx.update({"w": jnp.array([0.3, -4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> v["w"]
+      Array([-2.,  2.], dtype=float32)
+    """
+    rules = rules_lib.resolve_rules(rules)
+    if ns_coeffs is not None:
+        newton_schulz.coefficient_table(ns_coeffs)  # fail early on an unknown table name
+    ns_dtype = None if ns_dtype is None else jnp.dtype(ns_dtype).name
+
+    def concrete_norm(norm: norms_lib.Norm) -> norms_lib.Norm:
+        if isinstance(norm, norms_lib.Spectral):
+            return norm.with_newton_schulz(ns_coeffs, ns_steps, ns_dtype)
+        return norm
+
+    def init_fn(params: optax.Params) -> optax.EmptyState:
+        rules_lib.assign(params, rules)  # validate now, with the parameter paths in the error
+        return optax.EmptyState()
+
+    def update_fn(
+        updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
+    ):
+        del params
+        assignments = rules_lib.assign(updates, rules)
+
+        def project(a: rules_lib.Assignment, d: jax.Array) -> jax.Array:
+            direction = concrete_norm(a.norm).lmo(d)
+            radius = a.radius * radius_scale
+            if not clip:
+                return (radius * direction).astype(d.dtype)
+            f32 = jnp.promote_types(d.dtype, jnp.float32)
+            dual = -jnp.vdot(d.astype(f32), direction.astype(f32))
+            return (jnp.minimum(radius, dual) * direction.astype(f32)).astype(d.dtype)
+
+        out = jax.tree.map(
+            project, assignments, updates, is_leaf=lambda x: isinstance(x, rules_lib.Assignment)
+        )
+        return out, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: the step. uSCG: x ← x + γ·v.  SCG: x ← (1 − γ)·x + γ·v  (paper Algorithms 1–2)
+# --------------------------------------------------------------------------------------------
+
+
+class ScionStepState(NamedTuple):
+    """State of :func:`scion_step`."""
+
+    count: jax.Array  # int32 scalar: steps taken, the argument of a learning-rate schedule
+
+
+def scion_step(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    constrained: bool = True,
+) -> optax.GradientTransformation:
+    """The (u)SCG step from LMO directions v (already scaled by the radii).
+
+    Args:
+      learning_rate: γ, a float or an optax schedule of the step count. For SCG it is also the
+        weight of the convex combination, so it must stay in [0, 1].
+      constrained: SCG (True): x ← (1 − γ)·x + γ·v, which keeps every iterate inside its ball
+        when it starts inside (paper Insight 3.1); needs ``params``. uSCG (False): x ← x + γ·v.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose updates have the parameters' dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scion_step(0.5, constrained=True)
+      >>> x = jnp.array([4.0])
+      >>> u, _ = tx.update(jnp.array([1.0]), tx.init(x), x)
+      >>> x + u   # (1 − 0.5)·4 + 0.5·1
+      Array([2.5], dtype=float32)
+    """
+    if isinstance(learning_rate, numbers.Real) and not float(learning_rate) >= 0:
+        raise ValueError(f"learning_rate must be non-negative, got {learning_rate!r}")
+
+    def init_fn(params: optax.Params) -> ScionStepState:
+        del params
+        return ScionStepState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(
+        updates: optax.Updates, state: ScionStepState, params: optax.Params | None = None
+    ):
+        gamma = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        if constrained:
+            if params is None:
+                raise ValueError(
+                    "the constrained (SCG) step x ← (1 − γ)x + γ·lmo needs the parameters: "
+                    "call tx.update(grads, state, params)"
+                )
+
+            def step(v: jax.Array, x: jax.Array) -> jax.Array:
+                f32 = jnp.promote_types(x.dtype, jnp.float32)
+                return (gamma * (v.astype(f32) - x.astype(f32))).astype(x.dtype)
+
+            out = jax.tree.map(step, updates, params)
+        else:
+
+            def step(v: jax.Array, x: Any = None) -> jax.Array:
+                dtype = v.dtype if x is None else jnp.result_type(x)
+                return (gamma * v.astype(jnp.promote_types(v.dtype, jnp.float32))).astype(dtype)
+
+            out = (
+                jax.tree.map(step, updates)
+                if params is None
+                else jax.tree.map(step, updates, params)
+            )
+        return out, ScionStepState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
