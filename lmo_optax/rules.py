@@ -296,9 +296,18 @@ _OUT = r"(^|/)(out|o|o_proj|out_proj)(/|$)"
 
 
 def _vectors(radius: float) -> list[Rule]:
+    # 2-D biases and gains are the vectors of scanned layers (layer axis first): RMS per layer.
     return [
         Rule("*bias", norms_lib.RMS(), radius, ndim=(0, 1)),
+        Rule("*bias", norms_lib.RMS(axes=-1), radius, ndim=2, name="*bias (scanned)"),
         Rule("*scale", norms_lib.RMS(init_value="ones"), radius, ndim=(0, 1)),
+        Rule(
+            "*scale",
+            norms_lib.RMS(axes=-1, init_value="ones"),
+            radius,
+            ndim=2,
+            name="*scale (scanned)",
+        ),
         dataclasses.replace(_VECTOR, radius=radius),
     ]
 

@@ -88,8 +88,10 @@ def average_gradients(
             jax.tree.map(lambda p: _zeros_like(p, state_dtype or jnp.result_type(p)), params)
         )
 
-    def update_fn(updates: optax.Updates, state: Any, params: optax.Params | None = None):
-        del params
+    def update_fn(
+        updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra_args: Any
+    ):
+        del params, extra_args
         if no_averaging:
             return updates, state
         alpha = gradient_weight
@@ -107,7 +109,7 @@ def average_gradients(
         stored = jax.tree.map(lambda d, old: d.astype(old.dtype), new_average, state.average)
         return out, AverageGradientsState(stored)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +168,12 @@ def scale_by_lmo(
         return optax.EmptyState()
 
     def update_fn(
-        updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
+        updates: optax.Updates,
+        state: optax.EmptyState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
     ):
-        del params
+        del params, extra_args
         assignments = rules_lib.assign(updates, rules)
 
         def project(a: rules_lib.Assignment, d: jax.Array) -> jax.Array:
@@ -185,7 +190,7 @@ def scale_by_lmo(
         )
         return out, state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,8 +236,12 @@ def scion_step(
         return ScionStepState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(
-        updates: optax.Updates, state: ScionStepState, params: optax.Params | None = None
+        updates: optax.Updates,
+        state: ScionStepState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
     ):
+        del extra_args
         gamma = learning_rate(state.count) if callable(learning_rate) else learning_rate
         if constrained:
             if params is None:
@@ -259,4 +268,4 @@ def scion_step(
             )
         return out, ScionStepState(count=optax.safe_increment(state.count))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
