@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -140,12 +141,63 @@ def _safe_frobenius_normalize(x: jax.Array, safety: float) -> jax.Array:
     return x / (safety * jnp.where(fro > 0, fro, 1))
 
 
+def _standard_iteration(x: jax.Array, schedule: Sequence[Coefficients]) -> jax.Array:
+    """X ← a·X + (b·A + c·A²)·X with A = X Xᵀ, on the wide orientation (rows ≤ columns)."""
+    for a, b, c in schedule:
+        gram = x @ _mT(x)
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    return x
+
+
+def _gram_iteration(x: jax.Array, schedule: Sequence[Coefficients], tall: bool) -> jax.Array:
+    """The same polynomial, iterated on the small Gram matrix ("Gram Newton–Schulz").
+
+    Every iterate is X_k = Q_k·X₀ with Q_k a polynomial in R = X₀X₀ᵀ, so all the small
+    matrices commute: with A_k = X_k X_kᵀ and P_k = a·I + b·A_k + c·A_k²,
+        Q_{k+1} = P_k·Q_k,   A_{k+1} = P_k·A_k·P_k,   and finally X = Q·X₀.
+    For an m×n matrix (m ≤ n) this costs 4m²n + (8T − 6)m³ FLOPs instead of T(4m²n + 2m³):
+    about 40% less for GPT's (d, 4d) MLP matrices at T = 5. Tall matrices use XᵀX and X·Q, so
+    no transpose is materialized.
+    """
+    small = _mT(x) @ x if tall else x @ _mT(x)
+    eye = jnp.eye(small.shape[-1], dtype=x.dtype)
+    q = None
+    for k, (a, b, c) in enumerate(schedule):
+        poly = a * eye + b * small + c * (small @ small)
+        q = poly if q is None else poly @ q
+        if k < len(schedule) - 1:
+            small = poly @ small @ poly
+    return x @ q if tall else q @ x
+
+
+def _mT(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def newton_schulz_flops(rows: int, cols: int, steps: int, method: str) -> int:
+    """Floating-point operations of one orthogonalization of a rows×cols matrix."""
+    m, n = min(rows, cols), max(rows, cols)
+    if method == "gram":
+        return 4 * m * m * n + (8 * steps - 6) * m**3
+    return steps * (4 * m * m * n + 2 * m**3)
+
+
+def choose_method(rows: int, cols: int, steps: int, dtype: jnp.dtype) -> str:
+    """ "gram" where it needs fewer FLOPs and the dtype has float32 precision, else "standard"."""
+    if jnp.finfo(dtype).bits < 32:  # Gram iterates square the conditioning: not in 16 bits
+        return "standard"
+    gram = newton_schulz_flops(rows, cols, steps, "gram")
+    return "gram" if gram < newton_schulz_flops(rows, cols, steps, "standard") else "standard"
+
+
 def orthogonalize(
     g: jax.Array,
     *,
     coeffs: CoeffsLike = DEFAULT_COEFFS,
     steps: int = DEFAULT_STEPS,
     dtype: jnp.dtype | None = None,
+    method: Literal["auto", "standard", "gram"] = "auto",
 ) -> jax.Array:
     """Approximates the polar factor U Vᵀ of each matrix in the last two axes of ``g``.
 
@@ -156,6 +208,9 @@ def orthogonalize(
       steps: number of Newton–Schulz steps.
       dtype: computation dtype; defaults to float32 (or float64 for float64 input). The
         result is cast back to ``g.dtype``.
+      method: ``"standard"`` iterates on X (ALGORITHM.md §5); ``"gram"`` iterates on the small
+        Gram matrix, the same polynomial with fewer FLOPs for rectangular matrices;
+        ``"auto"`` (default) takes whichever needs fewer FLOPs (standard in 16-bit dtypes).
 
     Returns:
       An array of ``g``'s shape and dtype whose matrices have singular values near one (within
@@ -173,15 +228,18 @@ def orthogonalize(
         raise ValueError(f"orthogonalize needs a matrix (ndim >= 2), got shape {g.shape}")
     if dtype is None:
         dtype = jnp.promote_types(g.dtype, jnp.float32)
-    x = g.astype(dtype)
-    transpose = x.shape[-2] > x.shape[-1]
-    if transpose:  # work on the wide orientation so X Xᵀ is the small Gram matrix
-        x = jnp.swapaxes(x, -1, -2)
-    x = _safe_frobenius_normalize(x, table.safety)
-    for a, b, c in schedule:
-        gram = x @ jnp.swapaxes(x, -1, -2)
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
-    if transpose:
-        x = jnp.swapaxes(x, -1, -2)
+    dtype = jnp.dtype(dtype)
+    rows, cols = g.shape[-2:]
+    if method == "auto":
+        method = choose_method(rows, cols, len(schedule), dtype)
+    if method not in ("standard", "gram"):
+        raise ValueError(f"method must be 'auto', 'standard' or 'gram', got {method!r}")
+    x = _safe_frobenius_normalize(g.astype(dtype), table.safety)
+    tall = rows > cols
+    if method == "gram":
+        x = _gram_iteration(x, schedule, tall)
+    elif tall:  # work on the wide orientation so X Xᵀ is the small Gram matrix
+        x = _mT(_standard_iteration(_mT(x), schedule))
+    else:
+        x = _standard_iteration(x, schedule)
     return x.astype(g.dtype)
