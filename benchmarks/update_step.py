@@ -216,7 +216,9 @@ def check_scion_rules(params: Any) -> dict[str, Any]:
         g["tensors"] += 1
         g["params"] += math.prod(a.shape)
     if mismatches:
-        raise AssertionError("gpt_rules(tied=True) assigned unexpected norms:\n" + "\n".join(mismatches))
+        raise AssertionError(
+            "gpt_rules(tied=True) assigned unexpected norms:\n" + "\n".join(mismatches)
+        )
     # The printed table must agree with the assignments (it is what users read).
     for line in table.splitlines()[2:]:
         path = line.split()[0]
@@ -261,58 +263,65 @@ def state_nbytes(state: Any) -> tuple[int, int]:
     return sum(seen.values()), len(seen)
 
 
-def bench_one(
-    name: str, params: Any, grads: Any, n_params: int, repeats: int, log: Callable[[str], None]
-) -> dict[str, Any]:
-    opt = make_optimizer(name)
+class Bench:
+    """One optimizer: its state, its jitted update, and its timings."""
 
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    shape_bytes, shape_leaves = state_nbytes(jax.eval_shape(opt.init, abstract))
-    state = opt.init(params)
-    real_bytes, real_leaves = state_nbytes(state)
-    if (real_bytes, real_leaves) != (shape_bytes, shape_leaves):
-        raise AssertionError(
-            f"{name}: eval_shape state ({shape_bytes} B, {shape_leaves} leaves) differs from "
-            f"init state ({real_bytes} B, {real_leaves} leaves)"
+    def __init__(self, name: str, params: Any, grads: Any, n_params: int) -> None:
+        self.name, self.params, self.grads, self.n_params = name, params, grads, n_params
+        self.opt = make_optimizer(name)
+        self.times: list[float] = []
+
+    def prepare(self, log: Callable[[str], None]) -> None:
+        """State bytes (eval_shape and init must agree), compile + first call, one warm-up."""
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.params)
+        shape_bytes, shape_leaves = state_nbytes(jax.eval_shape(self.opt.init, abstract))
+        self.state = self.opt.init(self.params)
+        self.state_bytes, self.state_leaves = state_nbytes(self.state)
+        if (self.state_bytes, self.state_leaves) != (shape_bytes, shape_leaves):
+            raise AssertionError(
+                f"{self.name}: eval_shape state ({shape_bytes} B, {shape_leaves} leaves) "
+                f"differs from init state ({self.state_bytes} B, {self.state_leaves} leaves)"
+            )
+        opt = self.opt
+        self.update = jax.jit(lambda g, s, p: opt.update(g, s, p))
+        t0 = time.perf_counter()
+        out = self.call()  # compile + run
+        self.first_call_s = time.perf_counter() - t0
+        out = self.call()  # warm-up
+        bad = [
+            rules_lib.path_to_str(p)
+            for p, u in jax.tree_util.tree_flatten_with_path(out)[0]
+            if not bool(jnp.all(jnp.isfinite(u)))
+        ]
+        if bad:
+            raise AssertionError(f"{self.name}: non-finite updates for {bad}")
+        log(
+            f"  {self.name}: compile + first call {self.first_call_s:.2f} s; "
+            f"state {self.state_bytes / self.n_params:.4f} B/param"
         )
 
-    update = jax.jit(lambda g, s, p: opt.update(g, s, p))
+    def call(self) -> Any:
+        out, self.state = jax.block_until_ready(self.update(self.grads, self.state, self.params))
+        return out
 
-    t0 = time.perf_counter()
-    out, state = jax.block_until_ready(update(grads, state, params))  # compile + run
-    first = time.perf_counter() - t0
-    out, state = jax.block_until_ready(update(grads, state, params))  # warm-up call
-    bad = [
-        rules_lib.path_to_str(p)
-        for p, u in jax.tree_util.tree_flatten_with_path(out)[0]
-        if not bool(jnp.all(jnp.isfinite(u)))
-    ]
-    if bad:
-        raise AssertionError(f"{name}: non-finite updates for {bad}")
-    log(f"  {name}: compile + first call {first:.2f} s; timing {repeats} calls ...")
-
-    times = []
-    for _ in range(repeats):
+    def time_once(self) -> float:
         t0 = time.perf_counter()
-        out, state = jax.block_until_ready(update(grads, state, params))
-        times.append(time.perf_counter() - t0)
-    del out, state
-    result = {
-        "name": name,
-        "description": DESCRIPTIONS[name],
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "times_s": times,
-        "first_call_s": first,
-        "state_bytes": real_bytes,
-        "state_leaves": real_leaves,
-        "state_bytes_per_param": real_bytes / n_params,
-    }
-    log(
-        f"  {name}: median {result['median_s']:.3f} s, min {result['min_s']:.3f} s, "
-        f"state {result['state_bytes_per_param']:.4f} B/param"
-    )
-    return result
+        self.call()
+        self.times.append(time.perf_counter() - t0)
+        return self.times[-1]
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": DESCRIPTIONS[self.name],
+            "median_s": statistics.median(self.times),
+            "min_s": min(self.times),
+            "times_s": self.times,
+            "first_call_s": self.first_call_s,
+            "state_bytes": self.state_bytes,
+            "state_leaves": self.state_leaves,
+            "state_bytes_per_param": self.state_bytes / self.n_params,
+        }
 
 
 def machine_info() -> dict[str, Any]:
@@ -341,6 +350,13 @@ def machine_info() -> dict[str, Any]:
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--", "lmo_optax")),
     }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _jaxlib_version() -> str | None:
@@ -393,27 +409,44 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in ("scion", "scion_jordan", "scion_bf16"):
         if name in by and muon is not None:
             v = _ratio(by[name], muon)
-            add(f"{name}/muon time (5 NS steps each)", v, f"<= {TARGET_TIME_RATIO_TO_MUON}",
-                v <= TARGET_TIME_RATIO_TO_MUON)
-    for name, goal in (("scion", TARGET_STATE_F32), ("scion_jordan", TARGET_STATE_F32),
-                       ("scion_bf16", TARGET_STATE_BF16)):
+            add(
+                f"{name}/muon time (5 NS steps each)",
+                v,
+                f"<= {TARGET_TIME_RATIO_TO_MUON}",
+                v <= TARGET_TIME_RATIO_TO_MUON,
+            )
+    for name, goal in (
+        ("scion", TARGET_STATE_F32),
+        ("scion_jordan", TARGET_STATE_F32),
+        ("scion_bf16", TARGET_STATE_BF16),
+    ):
         if name in by:
             v = by[name]["state_bytes_per_param"]
             add(f"{name} state bytes/param", v, f"<= {goal}", round(v, 3) <= goal)
     if "adamw" in by:
         v = by["adamw"]["state_bytes_per_param"]
-        add("adamw state bytes/param", v, f"~ {EXPECTED_ADAMW_STATE}",
-            abs(v - EXPECTED_ADAMW_STATE) < 0.01)
+        add(
+            "adamw state bytes/param",
+            v,
+            f"~ {EXPECTED_ADAMW_STATE}",
+            abs(v - EXPECTED_ADAMW_STATE) < 0.01,
+        )
     if muon is not None:
         v = muon["state_bytes_per_param"]
-        add("muon state bytes/param", v, f"~ {EXPECTED_MUON_STATE}",
-            abs(v - EXPECTED_MUON_STATE) < 0.1)
+        add(
+            "muon state bytes/param",
+            v,
+            f"~ {EXPECTED_MUON_STATE}",
+            abs(v - EXPECTED_MUON_STATE) < 0.1,
+        )
     return targets
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per optimizer")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per optimizer (5; 2 with --quick)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -430,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules-table", action="store_true", help="print Scion's rules table")
     args = parser.parse_args(argv)
 
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 5
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     names = list(OPTIMIZER_NAMES)
@@ -475,14 +510,33 @@ def main(argv: list[str] | None = None) -> int:
         f"params), AdamW on {split['adamw_tensors']} ({split['adamw_params']:,})"
     )
 
-    log("targets: scion/muon time ratio <= 1.0 at 5 NS steps; state <= 4.0 B/param (f32), "
-        "<= 2.0 (bf16 state); AdamW 8.0 and Muon ~5.25 B/param for reference")
+    log(
+        "targets: scion/muon time ratio <= 1.0 at 5 NS steps; state <= 4.0 B/param (f32), "
+        "<= 2.0 (bf16 state); AdamW 8.0 and Muon ~5.25 B/param for reference"
+    )
 
-    results = []
+    # Compile everything first, then time round-robin (one call of each optimizer per round)
+    # so that load from other processes on a shared machine affects all optimizers alike.
     t_start = time.perf_counter()
+    load_before = _loadavg()
+    benches = []
     for name in names:
         log(f"{name}: {DESCRIPTIONS[name]}")
-        results.append(bench_one(name, params, grads, n_params, args.repeats, log))
+        benches.append(Bench(name, params, grads, n_params))
+        benches[-1].prepare(log)
+    for r in range(args.repeats):
+        line = ", ".join(f"{b.name} {b.time_once():.3f}" for b in benches)
+        log(f"  round {r + 1}/{args.repeats}: {line} (s)")
+    results = [b.result() for b in benches]
+    del benches
+    load_after = _loadavg()
+    info["loadavg_before"], info["loadavg_after"] = load_before, load_after
+    busy = [x[0] for x in (load_before, load_after) if x]
+    if busy and max(busy) > (info["affinity_cpus"] or info["cpu_count"] or 1):
+        log(
+            f"WARNING: load average {load_before} -> {load_after} exceeds the CPU count: "
+            "other processes competed for the CPUs; prefer the min column and rerun when idle"
+        )
 
     targets = evaluate_targets(results)
     table = markdown_table(results)

@@ -188,6 +188,12 @@ class Spectral(MatrixNorm):
     dtype: str | None = None
     method: Literal["newton_schulz", "svd"] = "newton_schulz"
 
+    def __post_init__(self) -> None:
+        if self.method not in ("newton_schulz", "svd"):
+            raise ValueError(
+                f"Spectral method must be 'newton_schulz' or 'svd', got {self.method!r}"
+            )
+
     def check(self, shape: Shape) -> None:
         super().check(shape)
         if self.method not in ("newton_schulz", "svd"):
@@ -323,6 +329,7 @@ class ColNorm(MatrixNorm):
         return jnp.sum(self._row_norms(g)) * self.scale(g.shape)
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        self.check(shape)
         z = jax.random.normal(key, shape)
         return (self.scale(shape) * _safe_divide(z, self._row_norms(z))).astype(dtype)
 
@@ -365,6 +372,7 @@ class RowNorm(MatrixNorm):
         return jnp.sum(self._col_norms(g)) * self.scale(g.shape)
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        self.check(shape)
         z = jax.random.normal(key, shape)
         return (self.scale(shape) * _safe_divide(z, self._col_norms(z))).astype(dtype)
 
