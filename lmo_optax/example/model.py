@@ -1,0 +1,160 @@
+"""A small GPT in Flax NNX, in the spirit of nanoGPT / modded-nanogpt.
+
+Token embedding → pre-norm blocks (RMSNorm, causal self-attention with rotary or learned
+positions, MLP with ReLU² or GELU) → RMSNorm → tied or untied head. Parameter paths
+(``token_embedding/embedding``, ``blocks/0/attn/query/kernel``, ``blocks/0/mlp/fc/kernel``,
+``lm_head/kernel``, …) are those the library's ``gpt_rules`` preset expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 256
+    context: int = 128
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    activation: Literal["relu2", "gelu"] = "relu2"
+    scale_activation: bool = False  # multiply the activation by √2 (reference models)
+    positions: Literal["rotary", "learned"] = "rotary"
+    tied: bool = False
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(
+                f"model.width={self.width} must be divisible by model.heads={self.heads}"
+            )
+        if (self.width // self.heads) % 2 and self.positions == "rotary":
+            raise ValueError("rotary positions need an even head dimension (width / heads)")
+        if self.activation not in ("relu2", "gelu"):
+            raise ValueError(f"model.activation must be relu2 or gelu, got {self.activation!r}")
+        if self.positions not in ("rotary", "learned"):
+            raise ValueError(f"model.positions must be rotary or learned, got {self.positions!r}")
+
+
+def _rotary(x: jax.Array) -> jax.Array:
+    """Rotary position embedding over (batch, seq, heads, head_dim)."""
+    seq, dim = x.shape[1], x.shape[-1]
+    freqs = 1.0 / (10000 ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    angles = jnp.arange(seq, dtype=jnp.float32)[:, None] * freqs[None, :]
+    cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+    x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        d = cfg.width
+        self.cfg = cfg
+        self.query = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+        self.key = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+        self.value = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+        self.out = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        h = self.cfg.heads
+        q, k, v = (f(x).reshape(b, t, h, d // h) for f in (self.query, self.key, self.value))
+        if self.cfg.positions == "rotary":
+            q, k = _rotary(q), _rotary(k)
+        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.reshape(b, t, d))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        hidden = cfg.mlp_ratio * cfg.width
+        self.cfg = cfg
+        self.fc = nnx.Linear(cfg.width, hidden, use_bias=False, rngs=rngs)
+        self.proj = nnx.Linear(hidden, cfg.width, use_bias=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.fc(x)
+        h = jnp.square(jax.nn.relu(h)) if self.cfg.activation == "relu2" else jax.nn.gelu(h)
+        if self.cfg.scale_activation:
+            h = math.sqrt(2) * h
+        return self.proj(h)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.attn_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nnx.Module):
+    """Byte-level GPT. ``model(tokens)`` maps (batch, seq) int tokens to (batch, seq, vocab)."""
+
+    def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs)
+        if cfg.positions == "learned":
+            self.position_embedding = nnx.Embed(cfg.context, cfg.width, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.depth)])
+        self.final_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+        if not cfg.tied:
+            self.lm_head = nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        x = self.token_embedding(tokens)
+        if self.cfg.positions == "learned":
+            x = x + self.position_embedding(jnp.arange(tokens.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_norm(x)
+        if self.cfg.tied:
+            return self.token_embedding.attend(x)
+        return self.lm_head(x)
+
+    def num_params(self) -> int:
+        return sum(x.size for x in jax.tree.leaves(nnx.state(self, nnx.Param)))
+
+
+def loss_fn(model: GPT, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean next-byte cross-entropy (nats)."""
+    logits = model(inputs).astype(jnp.float32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.mean(logz - picked)
+
+
+def generate(
+    model: GPT, prompt: jax.Array, steps: int, key: jax.Array, temperature: float = 0.8
+) -> jax.Array:
+    """Samples ``steps`` bytes after ``prompt`` (1-D int array), with a sliding context.
+
+    The window is always ``context`` long (right-padded while shorter: causal attention makes
+    the padding invisible to the position being predicted), so one compiled function serves
+    every step.
+    """
+    ctx = model.cfg.context
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def next_token(state, window, last, key):
+        logits = nnx.merge(graphdef, state)(window[None, :])[0, last].astype(jnp.float32)
+        return jax.random.categorical(key, logits / temperature)
+
+    tokens = [int(t) for t in prompt]
+    for i in range(steps):
+        recent = tokens[-ctx:]
+        window = jnp.zeros(ctx, jnp.int32).at[: len(recent)].set(jnp.asarray(recent, jnp.int32))
+        tokens.append(int(next_token(state, window, len(recent) - 1, jax.random.fold_in(key, i))))
+    return jnp.asarray(tokens, jnp.int32)

@@ -1,0 +1,186 @@
+"""The training example: data, model ↔ preset rules, loop, metrics, resume, CLI errors."""
+
+import dataclasses
+import json
+
+import flax.nnx as nnx
+import jax
+import numpy as np
+import pytest
+
+import lmo_optax
+from lmo_optax.example import cli
+from lmo_optax.example.config import OptimizerConfig, TrainConfig, apply_override
+from lmo_optax.example.data import ByteDataset, default_corpus_text
+from lmo_optax.example.model import GPT, GPTConfig
+from lmo_optax.example.train import read_metrics, train
+
+TINY = GPTConfig(context=16, width=32, depth=1, heads=2)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = TrainConfig(
+        model=TINY,
+        batch_size=8,
+        steps=6,
+        eval_every=3,
+        eval_batches=2,
+        log_every=1,
+        sample_bytes=8,
+        optimizers={
+            "scion": OptimizerConfig(learning_rate=0.05),
+            "unconstrained_scion": OptimizerConfig(learning_rate=0.05),
+            "adamw": OptimizerConfig(learning_rate=3e-3),
+            "muon": OptimizerConfig(learning_rate=0.02),
+        },
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def test_default_corpus_ships_with_python():
+    text = default_corpus_text()
+    assert len(text.encode()) > 400_000
+    ds = ByteDataset.from_text(text, context=128)
+    x, y = ds.batch("train", seed=0, step=5, batch_size=4, context=128)
+    x2, _ = ds.batch("train", seed=0, step=5, batch_size=4, context=128)
+    assert x.shape == (4, 128) and np.array_equal(x, x2)  # batches are a function of the step
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+
+
+def test_data_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        ByteDataset.load(str(tmp_path / "missing.txt"), context=16)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        ByteDataset.load(str(tmp_path / "empty.txt"), context=16)
+    (tmp_path / "short.txt").write_text("hello world")
+    with pytest.raises(ValueError, match="too short"):
+        ByteDataset.load(str(tmp_path / "short.txt"), context=16)
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00" * 100)
+    with pytest.raises(ValueError, match="UTF-8"):
+        ByteDataset.load(str(tmp_path / "bin.txt"), context=16)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_gpt_preset_matches_every_model_parameter(tied, positions):
+    model = GPT(dataclasses.replace(TINY, tied=tied, positions=positions), nnx.Rngs(0))
+    params = nnx.to_pure_dict(nnx.state(model))
+    assigned = jax.tree.leaves(
+        lmo_optax.assign(params, lmo_optax.gpt_rules(tied=tied)),
+        is_leaf=lambda x: isinstance(x, lmo_optax.Assignment),
+    )
+    by_path = {a.path: a for a in assigned}
+    expected_embedding = lmo_optax.Sign if tied else lmo_optax.ColNorm
+    assert isinstance(by_path["token_embedding/embedding"].norm, expected_embedding)
+    assert isinstance(by_path["blocks/0/mlp/fc/kernel"].norm, lmo_optax.Spectral)
+    if not tied:
+        assert isinstance(by_path["lm_head/kernel"].norm, lmo_optax.Sign)
+
+
+def test_training_decreases_loss_and_writes_metrics(tmp_path):
+    cfg = tiny_config(steps=8, eval_every=4)
+    result = train(cfg, "scion", tmp_path, verbose=False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"step", "train_loss", "tokens_per_s"} <= set(rows[0])
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 8]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.5
+    assert result.final_val_loss == rows[-1]["val_loss"]
+    assert (tmp_path / "sample.txt").exists()
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    cfg = tiny_config(steps=6, checkpoint_every=3)
+    full = train(cfg, "scion", tmp_path / "full", verbose=False)
+    train(cfg, "scion", tmp_path / "split", stop_after=3, verbose=False)
+    assert len(read_metrics(tmp_path / "split" / "metrics.jsonl")) == 3
+    resumed = train(cfg, "scion", tmp_path / "split", resume=True, verbose=False)
+    a = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 7))
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["train_loss"] == rb["train_loss"]
+        assert ra.get("val_loss") == rb.get("val_loss")
+    assert full.final_val_loss == resumed.final_val_loss
+
+
+def test_checkpoint_round_trips_the_optimizer_state_exactly(tmp_path):
+    import orbax.checkpoint as ocp
+
+    cfg = tiny_config(steps=2)
+    train(cfg, "scion", tmp_path, verbose=False)
+    path = (tmp_path / "checkpoints" / "step_2").resolve()
+    restored = ocp.StandardCheckpointer().restore(path)
+    state = restored["opt_state"]
+    leaves = jax.tree.leaves(state)
+    assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    # Saving what was restored and restoring again gives identical bytes.
+    again = tmp_path / "again"
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(again.resolve(), restored)
+    ckpt.wait_until_finished()
+    twice = ocp.StandardCheckpointer().restore(again.resolve())
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(twice), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_config_overrides():
+    cfg = tiny_config()
+    cfg = apply_override(cfg, "model.width=64")
+    cfg = apply_override(cfg, "optimizers.scion.learning_rate=0.1")
+    cfg = apply_override(cfg, "model.tied=true")
+    assert cfg.model.width == 64 and cfg.model.tied
+    assert cfg.optimizers["scion"].learning_rate == 0.1
+    with pytest.raises(ValueError, match="unknown field 'widht'"):
+        apply_override(cfg, "model.widht=64")
+    with pytest.raises(ValueError, match="expected int"):
+        apply_override(cfg, "steps=many")
+
+
+def test_cli_errors(capsys):
+    assert cli.main(["train", "--config", "configs/tiny.py", "model.widht=3"]) == 2
+    assert "unknown field 'widht'" in capsys.readouterr().err
+    assert cli.main(["train", "--config", "configs/tiny.py", "--optimizer", "sgd"]) == 2
+    assert "unknown optimizer 'sgd'" in capsys.readouterr().err
+    assert cli.main(["train", "--config", "configs/nope.py"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_compare_writes_plot_and_summary(tmp_path, capsys):
+    argv = [
+        "compare",
+        "--config",
+        "configs/tiny.py",
+        "--optimizer",
+        "scion,adamw",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path),
+        "model.width=32",
+        "model.depth=1",
+        "model.context=16",
+        "batch_size=4",
+        "eval_every=3",
+        "eval_batches=1",
+        "sample_bytes=4",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| scion" in out and "| adamw" in out and "lowest validation loss" in out
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["optimizer"] for r in summary["results"]] == ["scion", "adamw"]
+    for name in ("scion", "adamw"):
+        assert (tmp_path / name / "metrics.jsonl").exists()
+
+
+def test_digits_cnn_uses_conv_rules_and_learns():
+    from lmo_optax.example.digits import CNN, DigitsConfig, train_digits
+
+    params = nnx.to_pure_dict(nnx.state(CNN((4, 8), nnx.Rngs(0))))
+    table = lmo_optax.rules_table(params, "cnn")
+    assert "SpectralConv(input)" in table and "Sign(1/d_in)" in table
+    result = train_digits(DigitsConfig(steps=60, channels=(8, 16)), "scion", verbose=False)
+    assert result["test_accuracy"] > 0.3  # chance is 0.1
