@@ -29,6 +29,7 @@ class GPTConfig:
     scale_activation: bool = False  # multiply the activation by √2 (reference models)
     positions: Literal["rotary", "learned"] = "rotary"
     tied: bool = False
+    norm_gains: bool = False  # learnable RMSNorm gains (modded-nanogpt uses none)
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -89,9 +90,9 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
     def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
-        self.attn_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+        self.attn_norm = nnx.RMSNorm(cfg.width, use_scale=cfg.norm_gains, rngs=rngs)
         self.attn = Attention(cfg, rngs)
-        self.mlp_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+        self.mlp_norm = nnx.RMSNorm(cfg.width, use_scale=cfg.norm_gains, rngs=rngs)
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -108,7 +109,7 @@ class GPT(nnx.Module):
         if cfg.positions == "learned":
             self.position_embedding = nnx.Embed(cfg.context, cfg.width, rngs=rngs)
         self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.depth)])
-        self.final_norm = nnx.RMSNorm(cfg.width, rngs=rngs)
+        self.final_norm = nnx.RMSNorm(cfg.width, use_scale=cfg.norm_gains, rngs=rngs)
         if not cfg.tied:
             self.lm_head = nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False, rngs=rngs)
 
