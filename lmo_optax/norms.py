@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmo_optax import newton_schulz
+from lmo_optax import newton_schulz, sharding
 
 Shape = tuple[int, ...]
 Axes = tuple[int, ...]
@@ -237,13 +237,22 @@ class Spectral(MatrixNorm):
         )
 
     def lmo(self, g: jax.Array) -> jax.Array:
+        # On Explicit-axis meshes the matrix is gathered, orthogonalized and resharded back
+        # (lmo_optax.sharding, "replicate"); elsewhere this is the identity wrapper.
+        return sharding.replicated(self._lmo_unsharded, g)
+
+    def _lmo_unsharded(self, g: jax.Array) -> jax.Array:
         m = self._matrices(g)
         o = self.polar(m.astype(_compute_dtype(g))) * (-self.scale(g.shape))
         return self._from_matrices(o, g.shape).astype(g.dtype)
 
     def _singular_values(self, x: jax.Array) -> jax.Array:
-        m = self._matrices(x).astype(_compute_dtype(x))
-        return jnp.linalg.svd(m, compute_uv=False)
+        def svals(x: jax.Array) -> jax.Array:
+            m = self._matrices(x).astype(_compute_dtype(x))
+            return jnp.linalg.svd(m, compute_uv=False)
+
+        spec = sharding.explicit_spec(x)
+        return svals(x if spec is None else jax.reshard(x, jax.sharding.PartitionSpec()))
 
     def norm(self, w: jax.Array) -> jax.Array:
         return jnp.max(self._singular_values(w)) / self.scale(w.shape)
