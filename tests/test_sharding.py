@@ -101,10 +101,11 @@ def test_sharded_update_equals_single_device(axis_type, mesh_kind, layout):
         np.testing.assert_allclose(np.asarray(x), np.asarray(r), rtol=1e-6, atol=1e-7)
     if axis_type == AxisType.Explicit:
         assert not recompiled  # no recompilation on the second call
-    # Under Auto axes the FSDP layout recompiles once: eager init gives the state the spec
-    # P('data',) and the jitted update returns the equivalent P('data', None), which jit keys
-    # differently. (A jitted init is worse there: zeros_like does not propagate sharding under
-    # Auto axes, so the state comes out replicated unless out_shardings is given.) Issue 4.
+    # Under Auto axes the FSDP layout recompiles once on the second step: jit's output specs
+    # are equivalent to, but spelled differently from, the inputs' (e.g. the scanned kernel's
+    # state goes P(None, 'data', None) -> P(None, 'data')), and jit keys on the spelling. A
+    # jitted init is worse under Auto axes: zeros_like does not propagate sharding there, so
+    # the state comes out replicated unless out_shardings is given. Open in issue 4.
 
 
 def test_training_step_on_explicit_mesh_matches_single_device():
