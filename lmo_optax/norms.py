@@ -196,10 +196,6 @@ class Spectral(MatrixNorm):
 
     def check(self, shape: Shape) -> None:
         super().check(shape)
-        if self.method not in ("newton_schulz", "svd"):
-            raise ValueError(
-                f"Spectral method must be 'newton_schulz' or 'svd', got {self.method!r}"
-            )
         if self.coeffs is not None:
             newton_schulz.coefficient_table(self.coeffs)
 
@@ -251,8 +247,7 @@ class Spectral(MatrixNorm):
             m = self._matrices(x).astype(_compute_dtype(x))
             return jnp.linalg.svd(m, compute_uv=False)
 
-        spec = sharding.explicit_spec(x)
-        return svals(x if spec is None else jax.reshard(x, jax.sharding.PartitionSpec()))
+        return svals(sharding.gather(x))
 
     def norm(self, w: jax.Array) -> jax.Array:
         return jnp.max(self._singular_values(w)) / self.scale(w.shape)

@@ -35,6 +35,11 @@ def explicit_spec(x: jax.Array) -> PartitionSpec | None:
     return None
 
 
+def gather(x: jax.Array) -> jax.Array:
+    """x resharded to replicated when it is sharded over Explicit mesh axes, else x."""
+    return x if explicit_spec(x) is None else jax.reshard(x, PartitionSpec())
+
+
 def replicated(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
     """fn(x) computed on a replicated copy of x, resharded back to x's spec (Explicit axes)."""
     spec = explicit_spec(x)

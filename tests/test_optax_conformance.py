@@ -10,12 +10,14 @@ import pytest
 
 import lmo_optax
 
-OPTIMIZERS = {
-    "scion": lambda **kw: lmo_optax.scion(0.05, **kw),
-    "unconstrained_scion": lambda **kw: lmo_optax.unconstrained_scion(0.05, **kw),
-    "scion_bf16_state": lambda **kw: lmo_optax.scion(0.05, state_dtype=jnp.bfloat16, **kw),
-    "scion_nesterov_clip": lambda **kw: lmo_optax.scion(0.05, nesterov=True, clip=True, **kw),
+# name -> (factory, keyword arguments); every optimizer is built with learning_rate=0.05.
+SPECS = {
+    "scion": (lmo_optax.scion, {}),
+    "unconstrained_scion": (lmo_optax.unconstrained_scion, {}),
+    "scion_bf16_state": (lmo_optax.scion, {"state_dtype": jnp.bfloat16}),
+    "scion_nesterov_clip": (lmo_optax.scion, {"nesterov": True, "clip": True}),
 }
+OPTIMIZERS = {name: (lambda f=f, kw=kw: f(0.05, **kw)) for name, (f, kw) in SPECS.items()}
 
 
 def mixed_params(dtype=jnp.float32):
@@ -59,12 +61,13 @@ def test_jit_no_recompilation_and_extra_args(make_opt):
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params))
 
 
-def test_inject_hyperparams_matches_plain(make_opt):
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_inject_hyperparams_matches_plain(name):
+    factory, kwargs = SPECS[name]
     params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
     grads = [jnp.ones((2, 3)), -jnp.ones((2, 5, 2))]
-    opt = make_opt()
-    injected = optax.inject_hyperparams(lmo_optax.scion)(learning_rate=0.05)
-    plain = lmo_optax.scion(0.05)
+    injected = optax.inject_hyperparams(factory)(learning_rate=0.05, **kwargs)
+    plain = factory(0.05, **kwargs)
     u1, s1 = jax.jit(plain.update)(grads, plain.init(params), params)
     u2, s2 = jax.jit(injected.update)(grads, injected.init(params), params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
@@ -73,7 +76,6 @@ def test_inject_hyperparams_matches_plain(make_opt):
     s2.hyperparams["learning_rate"] = jnp.asarray(0.0)
     u3, _ = jax.jit(injected.update)(grads, s2, params)
     assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(u3))
-    del opt
 
 
 def test_tree_map_params(make_opt):
