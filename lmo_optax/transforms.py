@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lmo_optax import newton_schulz
@@ -27,6 +28,20 @@ from lmo_optax import rules as rules_lib
 def _check_unit_interval(name: str, value: Any) -> None:
     if isinstance(value, numbers.Real) and not 0 < float(value) <= 1:
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
+def _as_dtype(dtype: Any) -> jnp.dtype | None:
+    """A dtype from a dtype-like, or None.
+
+    ``optax.inject_hyperparams`` treats a scalar type such as ``jnp.bfloat16`` as a schedule
+    (it is callable) and injects ``jnp.bfloat16(count)``, an array; its dtype is the intended
+    one, so arrays are read by their dtype instead of converted (deprecated in JAX).
+    """
+    if dtype is None:
+        return None
+    if isinstance(dtype, (jax.Array, np.ndarray, np.generic)):
+        return jnp.dtype(dtype.dtype)
+    return jnp.dtype(dtype)
 
 
 def _zeros_like(x: Any, dtype: Any) -> jax.Array:
@@ -79,7 +94,7 @@ def average_gradients(
     """
     _check_unit_interval("gradient_weight", gradient_weight)
     no_averaging = isinstance(gradient_weight, numbers.Real) and float(gradient_weight) == 1.0
-    state_dtype = None if state_dtype is None else jnp.dtype(state_dtype)
+    state_dtype = _as_dtype(state_dtype)
 
     def init_fn(params: optax.Params) -> AverageGradientsState | optax.EmptyState:
         if no_averaging:
@@ -156,7 +171,7 @@ def scale_by_lmo(
     rules = rules_lib.resolve_rules(rules)
     if ns_coeffs is not None:
         newton_schulz.coefficient_table(ns_coeffs)  # fail early on an unknown table name
-    ns_dtype = None if ns_dtype is None else jnp.dtype(ns_dtype).name
+    ns_dtype = None if ns_dtype is None else _as_dtype(ns_dtype).name
 
     def concrete_norm(norm: norms_lib.Norm) -> norms_lib.Norm:
         if isinstance(norm, norms_lib.Spectral):

@@ -62,6 +62,7 @@ def test_jit_no_recompilation_and_extra_args(make_opt):
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # e.g. an injected dtype
 def test_inject_hyperparams_matches_plain(name):
     factory, kwargs = SPECS[name]
     params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
