@@ -19,7 +19,7 @@ True
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import jax
@@ -154,19 +154,37 @@ def _safe_frobenius_normalize(x: jax.Array, safety: float) -> jax.Array:
     return x / (safety * jnp.where(fro > 0, fro, 1))
 
 
-def _standard_iteration(x: jax.Array, schedule: Sequence[Coefficients]) -> jax.Array:
+Matmul = Callable[[jax.Array, jax.Array, Literal["gram", "x"]], jax.Array]
+"""How products are formed: ``matmul(a, b, kind)`` is a @ b, where ``kind`` says whether the
+result is a small Gram-side matrix (``"gram"``) or shaped like X (``"x"``). The sharded
+strategy of ``lmo_optax.sharding`` passes one that gives each product its output sharding."""
+
+
+def _plain_matmul(a: jax.Array, b: jax.Array, kind: str) -> jax.Array:
+    del kind
+    return a @ b
+
+
+def _standard_iteration(
+    x: jax.Array, schedule: Sequence[Coefficients], matmul: Matmul = _plain_matmul
+) -> jax.Array:
     """X ← a·X + (b·A + c·A²)·X with A = X Xᵀ, on the wide orientation (rows ≤ columns)."""
     for a, b, c in schedule:
-        gram = x @ _mT(x)
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
+        gram = matmul(x, _mT(x), "gram")
+        poly = b * gram + c * matmul(gram, gram, "gram")
+        x = a * x + matmul(poly, x, "x")
     return x
 
 
 GRAM_RESTART = 3  # recompute the Gram matrix from X after this many steps
 
 
-def _gram_iteration(x: jax.Array, schedule: Sequence[Coefficients], tall: bool) -> jax.Array:
+def _gram_iteration(
+    x: jax.Array,
+    schedule: Sequence[Coefficients],
+    tall: bool,
+    matmul: Matmul = _plain_matmul,
+) -> jax.Array:
     """The same polynomial, iterated on the small Gram matrix ("Gram Newton–Schulz").
 
     Every iterate is X_k = Q_k·X₀ with Q_k a polynomial in R = X₀X₀ᵀ, so all the small
@@ -182,10 +200,10 @@ def _gram_iteration(x: jax.Array, schedule: Sequence[Coefficients], tall: bool) 
     """
 
     def gram(x: jax.Array) -> jax.Array:
-        return _mT(x) @ x if tall else x @ _mT(x)
+        return matmul(_mT(x), x, "gram") if tall else matmul(x, _mT(x), "gram")
 
     def apply(q: jax.Array, x: jax.Array) -> jax.Array:
-        return x @ q if tall else q @ x
+        return matmul(x, q, "x") if tall else matmul(q, x, "x")
 
     small = gram(x)
     eye = jnp.eye(small.shape[-1], dtype=x.dtype)
@@ -195,10 +213,10 @@ def _gram_iteration(x: jax.Array, schedule: Sequence[Coefficients], tall: bool) 
         if k == GRAM_RESTART and q is not None:
             x, q = apply(q, x), None
             small = gram(x)
-        poly = a * eye + b * small + c * (small @ small)
-        q = poly if q is None else poly @ q
+        poly = a * eye + b * small + c * matmul(small, small, "gram")
+        q = poly if q is None else matmul(poly, q, "gram")
         if k < last and k + 1 != GRAM_RESTART:
-            small = poly @ small @ poly
+            small = matmul(matmul(poly, small, "gram"), poly, "gram")
     return apply(q, x)
 
 
@@ -206,13 +224,18 @@ def _mT(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -1, -2)
 
 
-def newton_schulz_flops(rows: int, cols: int, steps: int, method: str) -> int:
-    """Floating-point operations of one orthogonalization of a rows×cols matrix."""
+def newton_schulz_flops(rows: int, cols: int, steps: int, method: str, split: int = 1) -> float:
+    """Floating-point operations of one orthogonalization of a rows×cols matrix.
+
+    ``split``: the number of devices sharing the products with X (the 4m²n terms) when X is
+    sharded along its long axis, as in the "sharded" strategy of ``lmo_optax.sharding``; the
+    m×m products are then repeated on every device.
+    """
     m, n = min(rows, cols), max(rows, cols)
     if method == "gram":
         segments = [min(steps, GRAM_RESTART), max(steps - GRAM_RESTART, 0)]
-        return sum(4 * m * m * n + (8 * s - 6) * m**3 for s in segments if s)
-    return steps * (4 * m * m * n + 2 * m**3)
+        return sum(4 * m * m * n / split + (8 * s - 6) * m**3 for s in segments if s)
+    return steps * (4 * m * m * n / split + 2 * m**3)
 
 
 def choose_method(rows: int, cols: int, steps: int, dtype: jnp.dtype) -> str:
@@ -230,6 +253,7 @@ def orthogonalize(
     steps: int = DEFAULT_STEPS,
     dtype: jnp.dtype | None = None,
     method: Literal["auto", "standard", "gram"] = "auto",
+    matmul: Matmul | None = None,
 ) -> jax.Array:
     """Approximates the polar factor U Vᵀ of each matrix in the last two axes of ``g``.
 
@@ -243,6 +267,8 @@ def orthogonalize(
       method: ``"standard"`` iterates on X (ALGORITHM.md §5); ``"gram"`` iterates on the small
         Gram matrix, the same polynomial with fewer FLOPs for rectangular matrices;
         ``"auto"`` (default) takes whichever needs fewer FLOPs (standard in 16-bit dtypes).
+      matmul: how products are formed (see :data:`Matmul`); None multiplies plainly. Used by
+        ``lmo_optax.sharding`` to give each product an output sharding.
 
     Returns:
       An array of ``g``'s shape and dtype whose matrices have singular values near one (within
@@ -268,10 +294,11 @@ def orthogonalize(
         raise ValueError(f"method must be 'auto', 'standard' or 'gram', got {method!r}")
     x = _safe_frobenius_normalize(g.astype(dtype), table.safety)
     tall = rows > cols
+    matmul = matmul or _plain_matmul
     if method == "gram":
-        x = _gram_iteration(x, schedule, tall)
+        x = _gram_iteration(x, schedule, tall, matmul)
     elif tall:  # work on the wide orientation so X Xᵀ is the small Gram matrix
-        x = _mT(_standard_iteration(_mT(x), schedule))
+        x = _mT(_standard_iteration(_mT(x), schedule, matmul))
     else:
-        x = _standard_iteration(x, schedule)
+        x = _standard_iteration(x, schedule, matmul)
     return x.astype(g.dtype)

@@ -218,19 +218,48 @@ class Spectral(MatrixNorm):
             dtype=self.dtype if self.dtype is not None else dtype,
         )
 
-    def polar(self, m: jax.Array) -> jax.Array:
-        """U Vᵀ (approximately, by Newton–Schulz) of matrices in the last two axes."""
+    def newton_schulz_settings(self) -> tuple[newton_schulz.CoefficientTable, int, str | None]:
+        """(table, steps, dtype) with the library defaults filled in; hashable (for grouping)."""
+        coeffs = self.coeffs if self.coeffs is not None else newton_schulz.DEFAULT_COEFFS
+        steps = self.steps if self.steps is not None else newton_schulz.DEFAULT_STEPS
+        return newton_schulz.coefficient_table(coeffs), int(steps), self.dtype
+
+    def polar(self, m: jax.Array, matmul: newton_schulz.Matmul | None = None) -> jax.Array:
+        """U Vᵀ (approximately, by Newton–Schulz) of matrices in the last two axes.
+
+        ``matmul`` forms the Newton–Schulz products (``lmo_optax.sharding`` passes one that
+        keeps the matrices sharded); None multiplies plainly.
+        """
         if self.method == "svd":
             u, s, vt = jnp.linalg.svd(m.astype(_compute_dtype(m)), full_matrices=False)
             # Drop directions of exactly zero singular value so that lmo(0) = 0.
             keep = (s > 0).astype(u.dtype)[..., None, :]
             return ((u * keep) @ vt).astype(m.dtype)
-        return newton_schulz.orthogonalize(
-            m,
-            coeffs=self.coeffs if self.coeffs is not None else newton_schulz.DEFAULT_COEFFS,
-            steps=self.steps if self.steps is not None else newton_schulz.DEFAULT_STEPS,
-            dtype=self.dtype,
-        )
+        table, steps, dtype = self.newton_schulz_settings()
+        return newton_schulz.orthogonalize(m, coeffs=table, steps=steps, dtype=dtype, matmul=matmul)
+
+    # The sharding strategies (lmo_optax.sharding) orthogonalize many parameters together. They
+    # see each one as a stack of wide matrices (B, m, n), m ≤ n, and map the result back.
+
+    def is_plain_layout(self, shape: Shape) -> bool:
+        """True when the matrices are the last two axes as they are (no transpose, no merge)."""
+        red, out, _ = self.axes(shape)
+        return red == (len(shape) - 2,) and out == (len(shape) - 1,)
+
+    def wide_matrices(self, g: jax.Array) -> jax.Array:
+        """g as a (B, m, n) stack of matrices with m ≤ n (transposed when d_in > d_out)."""
+        d_in, d_out = self.dims(g.shape)
+        m = self._matrices(g.astype(_compute_dtype(g))).reshape(-1, d_in, d_out)
+        return jnp.swapaxes(m, -1, -2) if d_in > d_out else m
+
+    def from_wide_polar(self, o: jax.Array, g: jax.Array) -> jax.Array:
+        """The LMO of g from the polar factors ``o`` of :meth:`wide_matrices` (g)."""
+        d_in, d_out = self.dims(g.shape)
+        if d_in > d_out:
+            o = jnp.swapaxes(o, -1, -2)
+        _, _, batch = self.axes(g.shape)
+        o = o.reshape(tuple(g.shape[a] for a in batch) + (d_in, d_out))
+        return (self._from_matrices(o, g.shape) * (-self.scale(g.shape))).astype(g.dtype)
 
     def lmo(self, g: jax.Array) -> jax.Array:
         # On Explicit-axis meshes the matrix is gathered, orthogonalized and resharded back

@@ -10,7 +10,7 @@ from typing import Any
 
 import optax
 
-from lmo_optax import newton_schulz, transforms
+from lmo_optax import newton_schulz, sharding, transforms
 from lmo_optax import rules as rules_lib
 
 
@@ -27,6 +27,9 @@ def _scion(
     state_dtype: Any,
     clip: bool,
     radius_scale: float,
+    ns_sharding: sharding.Strategy,
+    ns_mesh: Any,
+    ns_axis_name: Any,
 ) -> optax.GradientTransformation:
     return optax.chain(
         transforms.average_gradients(gradient_weight, nesterov=nesterov, state_dtype=state_dtype),
@@ -37,6 +40,9 @@ def _scion(
             ns_dtype=ns_dtype,
             clip=clip,
             radius_scale=radius_scale,
+            ns_sharding=ns_sharding,
+            ns_mesh=ns_mesh,
+            ns_axis_name=ns_axis_name,
         ),
         transforms.scion_step(learning_rate, constrained=constrained),
     )
@@ -54,6 +60,9 @@ def scion(
     state_dtype: Any = None,
     clip: bool = False,
     radius_scale: float = 1.0,
+    ns_sharding: sharding.Strategy = "auto",
+    ns_mesh: Any = None,
+    ns_axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
     """Scion, constrained (SCG, the paper's default): x_ℓ ← (1 − γ)·x_ℓ + γ·ρ_ℓ·lmo_ℓ(d_ℓ).
 
@@ -73,6 +82,15 @@ def scion(
       state_dtype: dtype of the single averaged-gradient buffer (e.g. ``jnp.bfloat16``).
       clip: step with min{ρ_ℓ, ‖d_ℓ‖_*} instead of ρ_ℓ (clipped Scion).
       radius_scale: multiplies every radius.
+      ns_sharding: how sharded parameters share the Newton–Schulz work across devices:
+        ``"auto"`` (default: the fewest FLOPs per device), ``"replicate"``, ``"distribute"``
+        (each device orthogonalizes its share of the same-shape matrices) or ``"sharded"``
+        (Newton–Schulz on the sharded matrix); see :mod:`lmo_optax.sharding`.
+      ns_mesh: the device mesh, when neither the parameters' types (Explicit axes) nor
+        ``jax.set_mesh`` give it.
+      ns_axis_name: inside ``jax.pmap`` over replicated parameters, the axis name over which
+        to share the Newton–Schulz work (each device orthogonalizes its share, then
+        ``all_gather``); None: each device does all of it.
 
     Returns:
       An ``optax.GradientTransformation``; ``update`` needs ``params``.
@@ -98,6 +116,9 @@ def scion(
         state_dtype=state_dtype,
         clip=clip,
         radius_scale=radius_scale,
+        ns_sharding=ns_sharding,
+        ns_mesh=ns_mesh,
+        ns_axis_name=ns_axis_name,
     )
 
 
@@ -113,6 +134,9 @@ def unconstrained_scion(
     state_dtype: Any = None,
     clip: bool = False,
     radius_scale: float = 1.0,
+    ns_sharding: sharding.Strategy = "auto",
+    ns_mesh: Any = None,
+    ns_axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
     """Unconstrained Scion (uSCG): x_ℓ ← x_ℓ + γ·ρ_ℓ·lmo_ℓ(d_ℓ).
 
@@ -137,4 +161,7 @@ def unconstrained_scion(
         state_dtype=state_dtype,
         clip=clip,
         radius_scale=radius_scale,
+        ns_sharding=ns_sharding,
+        ns_mesh=ns_mesh,
+        ns_axis_name=ns_axis_name,
     )

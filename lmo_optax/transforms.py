@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmo_optax import newton_schulz
+from lmo_optax import newton_schulz, sharding
 from lmo_optax import norms as norms_lib
 from lmo_optax import rules as rules_lib
 
@@ -120,8 +120,12 @@ def average_gradients(
             out = jax.tree.map(average, updates, new_average)
         else:
             out = new_average
-        out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
-        stored = jax.tree.map(lambda d, old: d.astype(old.dtype), new_average, state.average)
+        # Under Auto mesh axes, keep the layouts of the gradients and of the state
+        # (lmo_optax.sharding.like; the identity elsewhere).
+        out = jax.tree.map(lambda o, g: sharding.like(o.astype(g.dtype), g), out, updates)
+        stored = jax.tree.map(
+            lambda d, old: sharding.like(d.astype(old.dtype), old), new_average, state.average
+        )
         return out, AverageGradientsState(stored)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -140,6 +144,9 @@ def scale_by_lmo(
     ns_dtype: Any = None,
     clip: bool = False,
     radius_scale: float = 1.0,
+    ns_sharding: sharding.Strategy = "auto",
+    ns_mesh: jax.sharding.Mesh | None = None,
+    ns_axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
     """Replaces each (averaged) gradient d_ℓ by ρ_ℓ · lmo_ℓ(d_ℓ), the norm chosen by the rules.
 
@@ -154,6 +161,13 @@ def scale_by_lmo(
         dual norm is −⟨d_ℓ, lmo_ℓ(d_ℓ)⟩ (exact for exact LMOs, to Newton–Schulz accuracy for
         Spectral).
       radius_scale: multiplies every radius (convenient for sweeps; may be injected).
+      ns_sharding: how the Newton–Schulz work of sharded parameters is shared across devices:
+        ``"auto"`` (default), ``"replicate"``, ``"distribute"`` or ``"sharded"``; see
+        :mod:`lmo_optax.sharding`. Without a mesh all are the plain computation.
+      ns_mesh: the mesh, when it is neither in the parameters' types (Explicit axes) nor set
+        with ``jax.set_mesh``.
+      ns_axis_name: inside ``jax.pmap`` (or ``shard_map``) over replicated parameters, the axis
+        name to share the Newton–Schulz work over; None: every device does all of it.
 
     Returns:
       An ``optax.GradientTransformation`` with no state. It raises ValueError at ``init`` (and
@@ -169,6 +183,7 @@ def scale_by_lmo(
       Array([-2.,  2.], dtype=float32)
     """
     rules = rules_lib.resolve_rules(rules)
+    sharding.check_strategy(ns_sharding)
     if ns_coeffs is not None:
         newton_schulz.coefficient_table(ns_coeffs)  # fail early on an unknown table name
     ns_dtype = None if ns_dtype is None else _as_dtype(ns_dtype).name
@@ -190,9 +205,32 @@ def scale_by_lmo(
     ):
         del params, extra_args
         assignments = rules_lib.assign(updates, rules)
+        is_assignment = lambda x: isinstance(x, rules_lib.Assignment)
+        flat_assignments, treedef = jax.tree.flatten(assignments, is_leaf=is_assignment)
+        flat_updates = treedef.flatten_up_to(updates)
+        norms = [concrete_norm(a.norm) for a in flat_assignments]
+        directions: list[jax.Array | None] = [None] * len(norms)
+        # Spectral LMOs are computed together, so their Newton–Schulz work can be shared
+        # across devices (lmo_optax.sharding); the other LMOs are elementwise and reductions.
+        spectral = [
+            i
+            for i, n in enumerate(norms)
+            if isinstance(n, norms_lib.Spectral) and n.method == "newton_schulz"
+        ]
+        spectral_directions = sharding.spectral_lmos(
+            [norms[i] for i in spectral],
+            [flat_updates[i] for i in spectral],
+            strategy=ns_sharding,
+            mesh=ns_mesh,
+            axis_name=ns_axis_name,
+        )
+        for i, direction in zip(spectral, spectral_directions, strict=True):
+            directions[i] = direction
+        for i, (norm, d) in enumerate(zip(norms, flat_updates, strict=True)):
+            if directions[i] is None:
+                directions[i] = norm.lmo(d)
 
-        def project(a: rules_lib.Assignment, d: jax.Array) -> jax.Array:
-            direction = concrete_norm(a.norm).lmo(d)
+        def project(a: rules_lib.Assignment, d: jax.Array, direction: jax.Array) -> jax.Array:
             radius = a.radius * radius_scale
             if not clip:
                 return (radius * direction).astype(d.dtype)
@@ -200,10 +238,10 @@ def scale_by_lmo(
             dual = -jnp.vdot(d.astype(f32), direction.astype(f32))
             return (jnp.minimum(radius, dual) * direction.astype(f32)).astype(d.dtype)
 
-        out = jax.tree.map(
-            project, assignments, updates, is_leaf=lambda x: isinstance(x, rules_lib.Assignment)
-        )
-        return out, state
+        out = [
+            project(*args) for args in zip(flat_assignments, flat_updates, directions, strict=True)
+        ]
+        return treedef.unflatten(out), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -267,14 +305,15 @@ def scion_step(
 
             def step(v: jax.Array, x: jax.Array) -> jax.Array:
                 f32 = jnp.promote_types(x.dtype, jnp.float32)
-                return (gamma * (v.astype(f32) - x.astype(f32))).astype(x.dtype)
+                return sharding.like((gamma * (v.astype(f32) - x.astype(f32))).astype(x.dtype), x)
 
             out = jax.tree.map(step, updates, params)
         else:
 
             def step(v: jax.Array, x: Any = None) -> jax.Array:
                 dtype = v.dtype if x is None else jnp.result_type(x)
-                return (gamma * v.astype(jnp.promote_types(v.dtype, jnp.float32))).astype(dtype)
+                out = (gamma * v.astype(jnp.promote_types(v.dtype, jnp.float32))).astype(dtype)
+                return out if x is None else sharding.like(out, x)
 
             out = (
                 jax.tree.map(step, updates)

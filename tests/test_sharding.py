@@ -1,9 +1,14 @@
 """Scion on sharded parameters (8 simulated CPU devices, see conftest.py).
 
-Explicit-axis meshes (``jax.make_mesh``) and Auto-axis meshes (``jax.sharding.Mesh``); 1-D,
-2-D and 3-D meshes; FSDP, TP and FSDP+TP layouts. The sharded update must equal the
-single-device one and keep the params' sharding on updates and optimizer state.
+Every Newton–Schulz strategy (replicate, distribute, sharded) × Explicit-axis meshes
+(``jax.make_mesh``) and Auto-axis meshes × 1-D, 2-D and 3-D meshes × FSDP, TP and FSDP+TP layouts:
+the sharded update must equal the single-device one, keep the params' sharding on updates and
+optimizer state, and not recompile on the second step. The collectives of the compiled programs
+are counted and pinned, and ``pmap`` with the work split over its axis is checked too.
 """
+
+import collections
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,7 @@ MESHES = {
     "2d": ((2, 4), ("data", "model")),
     "3d": ((2, 2, 2), ("data", "fsdp", "model")),
 }
+STRATEGIES = ("replicate", "distribute", "sharded")
 
 
 def make_mesh(kind: str, axis_type: AxisType) -> jax.sharding.Mesh:
@@ -39,6 +45,10 @@ def layout_specs(layout: str, names: tuple[str, ...]):
         kernel = P(None, names[0])  # one axis: shard the other dimension
     return {
         "embed": {"embedding": P(None, model) if layout != "fsdp" else P(data, None)},
+        "attn": {
+            "query": {"kernel": kernel},  # same shape as "out", transposed layout
+            "out": {"kernel": P(*reversed(tuple(kernel)))},
+        },
         "mlp": {
             "fc": {"kernel": kernel, "bias": P(model)},
             "proj": {"kernel": P(*reversed(tuple(kernel)))},
@@ -49,63 +59,192 @@ def layout_specs(layout: str, names: tuple[str, ...]):
     }
 
 
+SHAPES = {
+    "embed": {"embedding": (64, 32)},
+    "attn": {"query": {"kernel": (32, 32)}, "out": {"kernel": (32, 32)}},
+    "mlp": {"fc": {"kernel": (32, 64), "bias": (64,)}, "proj": {"kernel": (64, 32)}},
+    "scanned": {"kernel": (2, 32, 64)},
+    "lm_head": {"kernel": (32, 64)},
+    "norm": {"scale": (32,)},
+}
+
+
 def make_params():
-    k = iter(jax.random.split(jax.random.key(0), 16))
-    shapes = {
-        "embed": {"embedding": (64, 32)},
-        "mlp": {"fc": {"kernel": (32, 64), "bias": (64,)}, "proj": {"kernel": (64, 32)}},
-        "scanned": {"kernel": (2, 32, 64)},
-        "lm_head": {"kernel": (32, 64)},
-        "norm": {"scale": (32,)},
-    }
-    return jax.tree.map(
-        lambda s: jax.random.normal(next(k), s), shapes, is_leaf=lambda x: isinstance(x, tuple)
-    )
+    leaves, treedef = jax.tree.flatten(SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    return treedef.unflatten([jax.random.normal(k, s) for k, s in zip(keys, leaves)])
+
+
+def as_jax_spells_it(spec: P, ndim: int, axis_type: AxisType) -> P:
+    """The spelling of ``spec`` that jit gives its outputs: one entry per axis under Explicit
+    axes (the type's spelling), no trailing Nones under Auto (the compiler's). jit caches on
+    the spelling, so inputs spelled otherwise recompile once when outputs are fed back."""
+    entries = list(spec) + [None] * (ndim - len(spec))
+    if axis_type == AxisType.Auto:
+        while entries and entries[-1] is None:
+            entries.pop()
+    return P(*entries)
 
 
 def shard(tree, specs, mesh):
-    return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
+    axis_type = mesh.axis_types[0]
+
+    def put(x, spec):
+        return jax.device_put(x, NamedSharding(mesh, as_jax_spells_it(spec, x.ndim, axis_type)))
+
+    return jax.tree.map(put, tree, specs)
 
 
-@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
-@pytest.mark.parametrize("mesh_kind", sorted(MESHES))
-@pytest.mark.parametrize("layout", ["fsdp", "tp", "fsdp_tp"])
-def test_sharded_update_equals_single_device(axis_type, mesh_kind, layout):
+def assert_same_layout(tree, params):
+    for x, p in zip(jax.tree.leaves(tree), jax.tree.leaves(params), strict=True):
+        assert x.sharding.is_equivalent_to(p.sharding, x.ndim), (x.sharding, p.sharding)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Params, gradients, a non-trivial state after one step, and the next single-device step."""
     params = make_params()
     grads = jax.tree.map(lambda x: jnp.cos(3 * x), params)
     tx = lmo_optax.scion(0.1, "gpt")
-    state = tx.init(params)
-    state = tx.update(grads, state, params)[1]  # one step so the average is non-trivial
-    ref_updates, ref_state = jax.jit(tx.update)(grads, state, params)
+    state = jax.jit(tx.update)(grads, tx.init(params), params)[1]
+    updates, new_state = jax.jit(tx.update)(grads, state, params)
+    return params, grads, state, updates, new_state
 
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+@pytest.mark.parametrize("mesh_kind", sorted(MESHES))
+@pytest.mark.parametrize("layout", ["fsdp", "tp", "fsdp_tp"])
+def test_sharded_update_equals_single_device(reference, strategy, axis_type, mesh_kind, layout):
+    params, grads, state, ref_updates, ref_state = reference
+    tx = lmo_optax.scion(0.1, "gpt", ns_sharding=strategy)
     mesh = make_mesh(mesh_kind, axis_type)
     specs = layout_specs(layout, mesh.axis_names)
     with jax.set_mesh(mesh):
         sp, sg = shard(params, specs, mesh), shard(grads, specs, mesh)
-        s_state = tx.init(sp)
-        s_state = tx.update(sg, s_state, sp)[1]
+        rest = shard(state[1:], jax.tree.map(lambda _: P(), state[1:]), mesh)
+        s_state = (state[0]._replace(average=shard(state[0].average, specs, mesh)), *rest)
         step = jax.jit(tx.update)
         updates, new_state = step(sg, s_state, sp)
-        compiled = step._cache_size()  # the cache is shared with the reference's jit above
-        step(sg, new_state, sp)
-        recompiled = step._cache_size() != compiled
+        step(sg, new_state, sp)  # the state the step returns goes straight back in
+        assert step._cache_size() == 1, "recompiled on the second step"
 
     for u, r in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(r), rtol=1e-4, atol=2e-6)
     avg = new_state[0].average
-    for tree in (updates, avg):
-        for x, p in zip(jax.tree.leaves(tree), jax.tree.leaves(sp), strict=True):
-            assert x.sharding.is_equivalent_to(p.sharding, x.ndim), (x.sharding, p.sharding)
-    ref_avg = ref_state[0].average
-    for x, r in zip(jax.tree.leaves(avg), jax.tree.leaves(ref_avg), strict=True):
+    assert_same_layout(updates, sp)
+    assert_same_layout(avg, sp)
+    for x, r in zip(jax.tree.leaves(avg), jax.tree.leaves(ref_state[0].average), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(r), rtol=1e-6, atol=1e-7)
-    if axis_type == AxisType.Explicit:
-        assert not recompiled  # no recompilation on the second call
-    # Under Auto axes the FSDP layout recompiles once on the second step: jit's output specs
-    # are equivalent to, but spelled differently from, the inputs' (e.g. the scanned kernel's
-    # state goes P(None, 'data', None) -> P(None, 'data')), and jit keys on the spelling. A
-    # jitted init is worse under Auto axes: zeros_like does not propagate sharding there, so
-    # the state comes out replicated unless out_shardings is given. Open in issue 4.
+
+
+# Collectives in the compiled update of scale_by_lmo("gpt") on 8 devices (1-D mesh), FSDP
+# layout. Spectral parameters: fc (32, 64), proj (64, 32), the scanned (2, 32, 64) kernel (all
+# wide 32×64 matrices, sharded by rows once proj is transposed), and query/out (32, 32), sharded
+# by rows and by columns. Both all-reduces present in every strategy are the non-spectral LMOs'
+# reductions (RMS of the sharded bias, ColNorm of the embedding).
+#   replicate:  one all-gather per Spectral parameter (5).
+#   distribute: no all-gather. Per shape group an all-to-all into the stack sharded by matrix
+#               and one back (2 groups: 4), plus one each way for "out", whose columns-sharded
+#               layout differs from the group's rows staging (Explicit: 6; under Auto axes XLA
+#               splits one of them in two: 7).
+#   sharded:    an all-to-all each way for the 4 parameters not already sharded along their
+#               long (column) axis (8); Gram all-reduces: 2 per wide parameter (Gram
+#               Newton–Schulz with one restart: 6) and 1 per step for the square ones, which
+#               take the standard iteration (2 × 5 = 10); with the 2 above, 18.
+EXPECTED_COLLECTIVES = {
+    ("replicate", "explicit"): {"all-gather": 5, "all-reduce": 2},
+    ("replicate", "auto"): {"all-gather": 5, "all-reduce": 2},
+    ("distribute", "explicit"): {"all-to-all": 6, "all-reduce": 2},
+    ("distribute", "auto"): {"all-to-all": 7, "all-reduce": 2},
+    ("sharded", "explicit"): {"all-to-all": 8, "all-reduce": 18},
+    ("sharded", "auto"): {"all-to-all": 8, "all-reduce": 18},
+}
+COLLECTIVES = ("all-gather", "all-to-all", "all-reduce", "reduce-scatter", "collective-permute")
+
+
+def count_collectives(hlo: str) -> dict[str, int]:
+    counts = collections.Counter()
+    for line in hlo.splitlines():
+        for op in COLLECTIVES:
+            if re.search(rf" {op}(-start)?\(", line):
+                counts[op] += 1
+    return dict(counts)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_collective_counts_are_pinned(strategy, axis_type):
+    grads = jax.tree.map(lambda x: jnp.cos(3 * x), make_params())
+    tx = lmo_optax.scale_by_lmo("gpt", ns_sharding=strategy)
+    mesh = make_mesh("1d", axis_type)
+    with jax.set_mesh(mesh):
+        sg = shard(grads, layout_specs("fsdp", mesh.axis_names), mesh)
+        hlo = jax.jit(lambda g: tx.update(g, optax.EmptyState())[0]).lower(sg).compile().as_text()
+    kind = "explicit" if axis_type == AxisType.Explicit else "auto"
+    assert count_collectives(hlo) == EXPECTED_COLLECTIVES[strategy, kind]
+
+
+def test_auto_strategy_distributes_groups_and_shards_lone_large_matrices():
+    where = lmo_optax.sharding.Placement(None, ("data",), 8)
+    # 48 square hidden matrices of GPT-2 small: each device takes 6.
+    assert lmo_optax.sharding.choose_strategy(48, 768, 768, 5, jnp.float32, where) == "distribute"
+    # One (768, 50304) embedding: 8-way products on the long axis beat one device doing all.
+    assert lmo_optax.sharding.choose_strategy(1, 768, 50304, 5, jnp.float32, where) == "sharded"
+    # Nothing divides: replicate.
+    assert lmo_optax.sharding.choose_strategy(1, 7, 9, 5, jnp.float32, where) == "replicate"
+
+
+def test_square_matrices_of_one_shape_keep_their_own_layouts_under_auto_axes():
+    # Regression test for the shard_alike lowering cache (lmo_optax.sharding): two matrices of
+    # the same shape, one sharded by rows and one by columns, must not be forced to one layout.
+    params = make_params()
+    mesh = make_mesh("1d", AxisType.Auto)
+    with jax.set_mesh(mesh):
+        sp = shard(params, layout_specs("tp", mesh.axis_names), mesh)
+        tx = lmo_optax.unconstrained_scion(0.1, "gpt", ns_sharding="distribute")
+        updates, _ = jax.jit(tx.update)(sp, tx.init(sp), sp)
+    for name in ("query", "out"):
+        update, param = updates["attn"][name]["kernel"], sp["attn"][name]["kernel"]
+        assert update.sharding.is_equivalent_to(param.sharding, 2), (name, update.sharding)
+    assert not sp["attn"]["query"]["kernel"].sharding.is_equivalent_to(
+        sp["attn"]["out"]["kernel"].sharding, 2
+    )
+
+
+def test_pmap_splits_newton_schulz_over_its_axis():
+    params = make_params()
+    grads = jax.tree.map(lambda x: jnp.cos(3 * x), params)
+    tx_ref = lmo_optax.scion(0.1, "gpt")
+    ref, _ = jax.jit(tx_ref.update)(grads, tx_ref.init(params), params)
+    replicated = jax.tree.map(lambda x: jnp.broadcast_to(x, (8, *x.shape)), (params, grads))
+
+    for axis_name in ("batch", None):  # split over the pmap axis / every device does all
+        tx = lmo_optax.scion(0.1, "gpt", ns_axis_name=axis_name)
+
+        def step(p, g, tx=tx):
+            g = jax.lax.pmean(g, "batch")  # the user's data-parallel gradient average
+            return tx.update(g, tx.init(p), p)[0]
+
+        stepped = jax.pmap(step, axis_name="batch")
+        updates = stepped(*replicated)
+        for u, r in zip(jax.tree.leaves(updates), jax.tree.leaves(ref), strict=True):
+            for device in range(8):
+                np.testing.assert_allclose(np.asarray(u[device]), r, rtol=1e-4, atol=2e-6)
+        jaxpr = str(jax.make_jaxpr(stepped)(*replicated))
+        assert ("all_gather" in jaxpr) == (axis_name is not None)
+
+
+def test_sharded_strategy_rejects_pmap_axis():
+    tx = lmo_optax.scale_by_lmo("auto", ns_sharding="sharded", ns_axis_name="batch")
+    x = jnp.ones((8, 16, 16))
+    with pytest.raises(ValueError, match="sharded"):
+        jax.pmap(lambda g: tx.update(g, optax.EmptyState())[0], axis_name="batch")(x)
+
+
+def test_unknown_strategy_is_rejected_at_construction():
+    with pytest.raises(ValueError, match="unknown Newton–Schulz sharding strategy 'spread'"):
+        lmo_optax.scion(0.1, ns_sharding="spread")
 
 
 def test_training_step_on_explicit_mesh_matches_single_device():
