@@ -184,3 +184,45 @@ def test_digits_cnn_uses_conv_rules_and_learns():
     assert "SpectralConv(input)" in table and "Sign(1/d_in)" in table
     result = train_digits(DigitsConfig(steps=60, channels=(8, 16)), "scion", verbose=False)
     assert result["test_accuracy"] > 0.3  # chance is 0.1
+
+
+@pytest.mark.parametrize("optimizer", ["scion", "adamw"])
+def test_training_on_a_mesh_matches_one_device(tmp_path, optimizer):
+    import orbax.checkpoint as ocp
+
+    cfg = tiny_config(steps=2, eval_every=2, sample_bytes=0)
+    one = train(cfg, optimizer, tmp_path / "one", verbose=False)
+    meshed = dataclasses.replace(cfg, mesh="data=4,model=2")
+    sharded = train(meshed, optimizer, tmp_path / "mesh", resume=False, verbose=False)
+    a = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "mesh" / "metrics.jsonl")
+    for ra, rb in zip(a, b, strict=True):
+        np.testing.assert_allclose(rb["train_loss"], ra["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(sharded.final_val_loss, one.final_val_loss, rtol=1e-5)
+    # The whole training state after two steps: params and optimizer state.
+    restore = ocp.StandardCheckpointer().restore
+    x = restore((tmp_path / "one" / "checkpoints" / "step_2").resolve())
+    y = restore((tmp_path / "mesh" / "checkpoints" / "step_2").resolve())
+    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
+        np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-4, atol=1e-5)
+
+
+def test_mesh_layouts_and_errors():
+    from jax.sharding import PartitionSpec as P
+
+    from lmo_optax.example import parallel
+
+    mesh = parallel.parse_mesh("data=4,model=2")
+    assert dict(mesh.shape) == {"data": 4, "model": 2}
+    assert parallel.param_spec("blocks/0/attn/query/kernel", (32, 32), mesh) == P("data", "model")
+    assert parallel.param_spec("blocks/0/mlp/proj/kernel", (128, 32), mesh) == P("model", "data")
+    assert parallel.param_spec("lm_head/kernel", (32, 255), mesh) == P("data")  # 255 % 2 != 0
+    assert parallel.param_spec("final_norm/scale", (32,), mesh) == P()
+    for text, message in [
+        ("data4", "axis=size"),
+        ("data=2,data=2", "twice"),
+        ("pipe=2", "'data' and 'model'"),
+        ("data=64", "needs 64 devices"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parallel.parse_mesh(text)

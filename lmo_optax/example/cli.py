@@ -1,7 +1,7 @@
 """``lmo-optax``: train the example GPT from the command line.
 
 lmo-optax train   --config configs/tiny.py [--optimizer scion,adamw] [--steps N] [--out DIR]
-                  [--data PATH] [--resume] [field=value ...]
+                  [--data PATH] [--resume] [--mesh data=4,model=2] [field=value ...]
 lmo-optax compare --config configs/tiny.py --optimizer scion,adamw,muon ...
 lmo-optax rules   --config configs/tiny.py      # print the parameter → norm table
 lmo-optax digits  [--optimizer scion,adamw] [--steps N]   # CNN on sklearn's 8×8 digits
@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import pathlib
 import sys
 
@@ -42,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
             "the CPython docs in pydoc_data, shipped with Python)",
         )
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        p.add_argument(
+            "--mesh",
+            default=None,
+            help="train sharded over a device mesh, e.g. data=8 or data=4,model=2 (on CPU the "
+            "devices are simulated)",
+        )
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.width=64")
     d = sub.add_parser("digits", help="a small CNN on scikit-learn's 8x8 digits")
     d.add_argument("--optimizer", "--optimizers", dest="optimizer", default="scion,adamw")
@@ -82,7 +90,24 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     if args.data is not None:
         cfg = dataclasses.replace(cfg, data=args.data)
+    if args.mesh is not None:
+        cfg = dataclasses.replace(cfg, mesh=args.mesh)
     return cfg
+
+
+def _simulate_cpu_devices(mesh: str) -> None:
+    """Lets a --mesh run on a CPU-only machine: as many CPU devices as the mesh needs.
+
+    Only the CPU backend is affected, and only when XLA_FLAGS does not already say; it must
+    happen before JAX starts its backends.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    sizes = [part.partition("=")[2].strip() for part in mesh.split(",")]
+    if all(size.isdigit() for size in sizes):
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", max(math.prod(int(s) for s in sizes), 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmo-optax: error: {e}", file=sys.stderr)
         return 2
 
+    if cfg.mesh:
+        _simulate_cpu_devices(cfg.mesh)
     # Imported late so that argument errors are reported without starting JAX.
+    from lmo_optax.example import parallel
     from lmo_optax.example import train as train_lib
+
+    if cfg.mesh:
+        try:
+            parallel.parse_mesh(cfg.mesh)
+        except ValueError as e:
+            print(f"lmo-optax: error: {e}", file=sys.stderr)
+            return 2
 
     if args.command == "rules":
         import flax.nnx as nnx

@@ -66,6 +66,7 @@ class TrainConfig:
     run: str = "scion,adamw"  # the optimizers `train` runs when --optimizer is not given
     sample_bytes: int = 300
     sample_prompt: str = "The "
+    mesh: str = ""  # e.g. "data=4,model=2": train sharded over a device mesh (example.parallel)
 
 
 def load_config(path: str) -> TrainConfig:

@@ -8,6 +8,7 @@ Parameters are a plain pytree (``nnx.split``); the step is a pure ``jax.jit`` fu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 
 import lmo_optax
-from lmo_optax.example import optimizers
+from lmo_optax.example import optimizers, parallel
 from lmo_optax.example.config import TrainConfig
 from lmo_optax.example.data import ByteDataset
 from lmo_optax.example.model import GPT, generate, loss_fn
@@ -113,7 +114,27 @@ def train(
         log(lmo_optax.rules_table(params, rules))
         if oc.init == "ball":
             params = lmo_optax.init_on_ball(jax.random.key(cfg.seed), params, rules)
-    opt_state = tx.init(params)
+    # On a mesh (--mesh data=4,model=2): parameters FSDP/TP-sharded, batches split over data,
+    # and the jitted step keeps every layout (lmo_optax.example.parallel).
+    mesh = parallel.parse_mesh(cfg.mesh) if cfg.mesh else None
+    if mesh is not None:
+        shardings = parallel.param_shardings(params, mesh)
+        params = jax.device_put(params, shardings)
+        opt_state = tx.init(params)  # outside jit: the buffers keep the params' shardings
+        opt_shardings = parallel.state_shardings(opt_state, mesh)
+        opt_state = jax.device_put(opt_state, opt_shardings)
+        batch = parallel.batch_sharding(mesh, cfg.batch_size)
+        scalar = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        step_jit = functools.partial(
+            jax.jit,
+            in_shardings=(shardings, opt_shardings, batch, batch),
+            out_shardings=(shardings, opt_shardings, scalar),
+        )
+        log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
+    else:
+        opt_state = tx.init(params)
+        batch = None
+        step_jit = jax.jit
     log(
         f"{optimizer_name}: {model.num_params():,} parameters, data {data.description} "
         f"({len(data.train):,} train / {len(data.val):,} val bytes)"
@@ -122,7 +143,7 @@ def train(
     def loss_of(params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
         return loss_fn(nnx.merge(graphdef, params), inputs, targets)
 
-    @jax.jit
+    @step_jit
     def train_step(params: Any, opt_state: Any, inputs: jax.Array, targets: jax.Array):
         loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -130,13 +151,14 @@ def train(
 
     eval_loss = jax.jit(loss_of)
 
+    def get_batch(split: str, step: int) -> tuple[jax.Array, jax.Array]:
+        x, y = data.batch(
+            split, seed=cfg.seed, step=step, batch_size=cfg.batch_size, context=mcfg.context
+        )
+        return (x, y) if batch is None else (jax.device_put(x, batch), jax.device_put(y, batch))
+
     def evaluate(params: Any) -> float:
-        losses = []
-        for i in range(cfg.eval_batches):
-            x, y = data.batch(
-                "val", seed=cfg.seed, step=i, batch_size=cfg.batch_size, context=mcfg.context
-            )
-            losses.append(float(eval_loss(params, x, y)))
+        losses = [float(eval_loss(params, *get_batch("val", i))) for i in range(cfg.eval_batches)]
         return float(np.mean(losses))
 
     # Resume from the latest checkpoint: params, optimizer state and step round-trip exactly.
@@ -152,6 +174,9 @@ def train(
         )
         restored = _checkpointer().restore(latest, abstract)
         params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
+        if mesh is not None:
+            params = jax.device_put(params, shardings)
+            opt_state = jax.device_put(opt_state, opt_shardings)
         kept = (
             [
                 line
@@ -182,9 +207,7 @@ def train(
     tokens_per_s = 0.0
     with metrics_path.open("a") as metrics:
         for step in range(start + 1, end + 1):
-            x, y = data.batch(
-                "train", seed=cfg.seed, step=step, batch_size=cfg.batch_size, context=mcfg.context
-            )
+            x, y = get_batch("train", step)
             t0 = time.perf_counter()
             params, opt_state, loss = train_step(params, opt_state, x, y)
             train_loss = float(loss)  # blocks until the step is done
@@ -214,6 +237,8 @@ def train(
     sample = ""
     if end == cfg.steps and cfg.sample_bytes > 0:
         prompt = jnp.asarray(np.frombuffer(cfg.sample_prompt.encode(), np.uint8).astype(np.int32))
+        if mesh is not None:  # sample on one device
+            params = jax.device_put(params, jax.devices()[0])
         tokens = generate(
             nnx.merge(graphdef, params), prompt, cfg.sample_bytes, jax.random.key(cfg.seed)
         )
