@@ -35,6 +35,18 @@ each device its share by ``axis_index`` and ``all_gather``\\ s the results.
 
 All the other LMOs (ColNorm, RowNorm, Sign, RMS) are elementwise maps and reductions; they run
 on sharded parameters as they are, the reductions becoming the needed collectives.
+
+>>> import jax, jax.numpy as jnp, lmo_optax
+>>> from jax.sharding import PartitionSpec as P
+>>> mesh = jax.make_mesh((jax.device_count(),), ("data",))  # Explicit axes
+>>> params = {"w": jax.random.normal(jax.random.key(0), (8 * 16, 64))}
+>>> with jax.set_mesh(mesh):
+...     params = jax.device_put(params, P("data", None))  # FSDP: rows over "data"
+...     tx = lmo_optax.scion(0.1, "auto", ns_sharding="distribute")
+...     state = tx.init(params)
+...     updates, state = jax.jit(tx.update)(params, state, params)
+>>> updates["w"].sharding.spec == params["w"].sharding.spec
+True
 """
 
 from __future__ import annotations

@@ -271,3 +271,25 @@ def test_training_step_on_explicit_mesh_matches_single_device():
             p, s = train_step(p, s)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+@pytest.mark.parametrize(
+    "norm",
+    [lmo_optax.ColNorm(), lmo_optax.RowNorm(), lmo_optax.Sign(), lmo_optax.RMS()],
+    ids=lambda n: type(n).__name__,
+)
+def test_elementwise_lmos_never_gather_the_matrix(norm, axis_type):
+    g = jnp.cos(jnp.arange(64 * 32, dtype=jnp.float32).reshape(64, 32))
+    tx = lmo_optax.scale_by_lmo([lmo_optax.Rule("*", norm)])
+    expected = tx.update({"w": g}, optax.EmptyState())[0]["w"]
+    mesh = make_mesh("2d", axis_type)
+    with jax.set_mesh(mesh):
+        sg = {"w": jax.device_put(g, NamedSharding(mesh, P("data", "model")))}
+        step = jax.jit(lambda g: tx.update(g, optax.EmptyState())[0])
+        counts = count_collectives(step.lower(sg).compile().as_text())
+        out = step(sg)["w"]
+    assert "all-gather" not in counts and "all-to-all" not in counts, counts
+    assert set(counts) <= {"all-reduce"}  # only the norms' reductions
+    assert out.sharding.is_equivalent_to(sg["w"].sharding, 2)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-5, atol=1e-7)
