@@ -86,8 +86,8 @@ def scion(
         ``"auto"`` (default: the fewest FLOPs per device), ``"replicate"``, ``"distribute"``
         (each device orthogonalizes its share of the same-shape matrices) or ``"sharded"``
         (Newton–Schulz on the sharded matrix); see :mod:`lmo_optax.sharding`.
-      ns_mesh: the device mesh, when neither the parameters' types (Explicit axes) nor
-        ``jax.set_mesh`` give it.
+      ns_mesh: the mesh to share the work over when the parameters' types (Explicit axes) do
+        not carry one; default: the mesh set with ``jax.set_mesh``.
       ns_axis_name: inside ``jax.pmap`` over replicated parameters, the axis name over which
         to share the Newton–Schulz work (each device orthogonalizes its share, then
         ``all_gather``); None: each device does all of it.

@@ -26,8 +26,8 @@ operations per device: ``distribute`` for groups of many matrices, ``sharded`` f
 rectangular ones (e.g. an embedding), ``replicate`` when neither divides. On one device, or
 without a mesh, all strategies are the plain computation.
 
-Where the mesh comes from: the Explicit mesh axes in the parameters' types, else the mesh set
-with ``jax.set_mesh``, else a mesh passed in (``scion(..., ns_mesh=mesh)``). Under Explicit axes
+Where the mesh comes from: the Explicit mesh axes in the parameters' types, else a mesh passed
+in (``scion(..., ns_mesh=mesh)``), else the mesh set with ``jax.set_mesh``. Under Explicit axes
 results are ``jax.reshard``-ed back to the parameter's spec; under Auto axes they are tied to
 the gradient's sharding with ``shard_alike``. Inside ``jax.pmap`` (or a ``shard_map`` over
 replicated parameters), pass the axis name (``ns_axis_name="batch"``): ``distribute`` then gives
@@ -237,7 +237,7 @@ def placement(
     """Where the Newton–Schulz work of ``grads`` runs; None for a single device.
 
     In order: the collective ``axis_name`` (pmap/shard_map); a mesh from the gradients'
-    Explicit-axis types; the mesh set with ``jax.set_mesh``; the ``mesh`` passed in.
+    Explicit-axis types; the ``mesh`` passed in; the mesh set with ``jax.set_mesh``.
     """
     if axis_name is not None:
         names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
@@ -249,7 +249,7 @@ def placement(
         if typed is not None and getattr(typed, "explicit_axes", ()):
             candidates.append(typed)
             break
-    candidates += [jax.sharding.get_abstract_mesh(), mesh]
+    candidates += [mesh, jax.sharding.get_abstract_mesh()]
     for candidate in candidates:
         if candidate is None or getattr(candidate, "empty", False):
             continue
@@ -302,7 +302,8 @@ def spectral_lmos(
       norms: one :class:`~lmo_optax.norms.Spectral` (or ``SpectralConv``) per gradient.
       grads: the (averaged) gradients.
       strategy: ``"auto"``, ``"replicate"``, ``"distribute"`` or ``"sharded"`` (module doc).
-      mesh: a mesh to use when neither the arrays' types nor ``jax.set_mesh`` give one.
+      mesh: the mesh to share the work over when the arrays' types (Explicit axes) do not
+        carry one; default: the mesh set with ``jax.set_mesh``.
       axis_name: inside ``pmap``/``shard_map`` with whole matrices on each device: the axis
         (or axes) to share the work over.
 

@@ -164,8 +164,8 @@ def scale_by_lmo(
       ns_sharding: how the Newton–Schulz work of sharded parameters is shared across devices:
         ``"auto"`` (default), ``"replicate"``, ``"distribute"`` or ``"sharded"``; see
         :mod:`lmo_optax.sharding`. Without a mesh all are the plain computation.
-      ns_mesh: the mesh, when it is neither in the parameters' types (Explicit axes) nor set
-        with ``jax.set_mesh``.
+      ns_mesh: the mesh to share the work over when the parameters' types (Explicit axes) do
+        not carry one; default: the mesh set with ``jax.set_mesh``.
       ns_axis_name: inside ``jax.pmap`` (or ``shard_map``) over replicated parameters, the axis
         name to share the Newton–Schulz work over; None: every device does all of it.
 

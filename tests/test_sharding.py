@@ -293,3 +293,19 @@ def test_elementwise_lmos_never_gather_the_matrix(norm, axis_type):
     assert set(counts) <= {"all-reduce"}  # only the norms' reductions
     assert out.sharding.is_equivalent_to(sg["w"].sharding, 2)
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-5, atol=1e-7)
+
+
+def test_mesh_passed_in_without_set_mesh(reference):
+    # A jax.sharding.Mesh user who shards with device_put and never calls jax.set_mesh.
+    params, grads, state, ref_updates, _ = reference
+    mesh = make_mesh("2d", AxisType.Auto)
+    specs = layout_specs("fsdp_tp", mesh.axis_names)
+    sp, sg = shard(params, specs, mesh), shard(grads, specs, mesh)
+    tx = lmo_optax.scion(0.1, "gpt", ns_sharding="distribute", ns_mesh=mesh)
+    s_state = (state[0]._replace(average=shard(state[0].average, specs, mesh)), *state[1:])
+    step = jax.jit(tx.update)
+    updates, _ = step(sg, s_state, sp)
+    assert "all-to-all" in count_collectives(step.lower(sg, s_state, sp).compile().as_text())
+    for u, r in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(r), rtol=1e-4, atol=2e-6)
+    assert_same_layout(updates, sp)
