@@ -33,6 +33,8 @@ class OptimizerConfig:
       b1, b2, weight_decay: AdamW (and the Adam part of Muon).
       momentum: Muon's β.
       ns_steps: Newton–Schulz steps (Scion and Muon).
+      state_dtype: dtype of Scion's averaged-gradient buffer (``"bfloat16"``: 2 bytes per
+        parameter instead of 4).
     """
 
     learning_rate: float = 1e-3
@@ -48,6 +50,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     momentum: float = 0.95
     ns_steps: int = 5
+    state_dtype: str = "float32"
 
 
 @dataclasses.dataclass

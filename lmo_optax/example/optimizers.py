@@ -53,7 +53,11 @@ def build(name: str, oc: OptimizerConfig, steps: int, tied: bool) -> optax.Gradi
     if name in ("scion", "unconstrained_scion"):
         make = lmo_optax.scion if name == "scion" else lmo_optax.unconstrained_scion
         return make(
-            lr, scion_rules(oc, tied), gradient_weight=oc.gradient_weight, ns_steps=oc.ns_steps
+            lr,
+            scion_rules(oc, tied),
+            gradient_weight=oc.gradient_weight,
+            ns_steps=oc.ns_steps,
+            state_dtype=oc.state_dtype,
         )
     if name == "adamw":
         return optax.adamw(lr, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay)

@@ -1,0 +1,136 @@
+"""Memory of a whole training step of the example GPT under each optimizer, from XLA.
+
+Compiles the example's jitted train step (forward, backward, optimizer update, apply) with
+the parameters and optimizer state donated, as a training loop would, and reads
+``compiled.memory_analysis()``: argument, output, aliased (donated and reused) and temporary
+bytes. The peak is estimated as arguments + outputs − aliased + temporaries. Nothing runs;
+shapes come from ``jax.eval_shape``, so even GPT-2 small only compiles.
+
+    .venv/bin/python benchmarks/step_memory.py           # configs/gpt2_small.py (124M)
+    .venv/bin/python benchmarks/step_memory.py --quick   # configs/tiny.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from lmo_optax.example import optimizers
+from lmo_optax.example.config import OptimizerConfig, TrainConfig, load_config
+from lmo_optax.example.model import GPT, loss_fn
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VARIANTS = {
+    "scion": ("scion", {}),
+    "scion (bf16 state)": ("scion", {"state_dtype": "bfloat16"}),
+    "unconstrained_scion": ("unconstrained_scion", {}),
+    "adamw": ("adamw", {}),
+    "muon": ("muon", {}),
+}
+
+
+def step_memory(cfg: TrainConfig, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """memory_analysis() of the donated train step of ``cfg``'s GPT with one optimizer."""
+    oc = dataclasses.replace(cfg.optimizers.get(name, OptimizerConfig()), **overrides)
+    abstract_model = nnx.eval_shape(lambda: GPT(cfg.model, nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract_model)
+    params = nnx.to_pure_dict(state)
+    tx = optimizers.build(name, oc, cfg.steps, cfg.model.tied)
+    opt_state = jax.eval_shape(tx.init, params)
+    tokens = jax.ShapeDtypeStruct((cfg.batch_size, cfg.model.context), jnp.int32)
+
+    def train_step(params: Any, opt_state: Any, inputs: jax.Array, targets: jax.Array):
+        def loss_of(p: Any) -> jax.Array:
+            return loss_fn(nnx.merge(graphdef, p), inputs, targets)
+
+        loss, grads = jax.value_and_grad(loss_of)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    t0 = time.perf_counter()
+    lowered = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, tokens, tokens)
+    m = lowered.compile().memory_analysis()
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt_state))
+    row = {
+        "arguments": int(m.argument_size_in_bytes),
+        "outputs": int(m.output_size_in_bytes),
+        "aliased": int(m.alias_size_in_bytes),
+        "temporaries": int(m.temp_size_in_bytes),
+        "optimizer_state": int(state_bytes),
+        "state_bytes_per_param": state_bytes / n_params,
+        "params": int(n_params),
+        "compile_s": time.perf_counter() - t0,
+    }
+    row["peak_estimate"] = row["arguments"] + row["outputs"] - row["aliased"] + row["temporaries"]
+    return row
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="configs/tiny.py")
+    parser.add_argument("--config", default=None, help="a config file (overrides --quick)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    config = args.config or str(ROOT / "configs" / ("tiny.py" if args.quick else "gpt2_small.py"))
+    cfg = load_config(config)
+    rows = {}
+    for label, (name, overrides) in VARIANTS.items():
+        rows[label] = step_memory(cfg, name, overrides)
+        r = rows[label]
+        print(
+            f"{label:22s} args {mb(r['arguments'])} MB, temps {mb(r['temporaries'])} MB, "
+            f"peak ≈ {mb(r['peak_estimate'])} MB ({r['compile_s']:.0f} s to compile)",
+            flush=True,
+        )
+    base = rows["adamw"]
+    lines = [
+        f"`{Path(config).name}`: {base['params'] / 1e6:.2f}M parameters, batch "
+        f"{cfg.batch_size} × {cfg.model.context}; params and state donated; MB = 2^20 bytes.\n",
+        "| optimizer | state B/param | arguments MB | outputs MB | aliased MB | temporaries MB "
+        "| peak ≈ MB | peak / AdamW | temporaries / AdamW |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in rows.items():
+        r["peak_ratio_to_adamw"] = r["peak_estimate"] / base["peak_estimate"]
+        r["temporaries_ratio_to_adamw"] = r["temporaries"] / max(base["temporaries"], 1)
+        lines.append(
+            f"| {label} | {r['state_bytes_per_param']:.2f} | {mb(r['arguments'])} "
+            f"| {mb(r['outputs'])} | {mb(r['aliased'])} | {mb(r['temporaries'])} "
+            f"| {mb(r['peak_estimate'])} | {r['peak_ratio_to_adamw']:.3f} "
+            f"| {r['temporaries_ratio_to_adamw']:.3f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    report = {
+        "benchmark": "step_memory",
+        "config": Path(config).name,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "rows": rows,
+        "table_md": table,
+    }
+    name = "step_memory_quick.json" if args.quick else "step_memory.json"
+    out = Path(args.out or HERE / "results" / name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
