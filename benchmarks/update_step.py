@@ -1,11 +1,13 @@
-"""Optimizer update-step benchmark on GPT-2-small shapes (124M parameters, Flax layout).
+"""Optimizer update-step benchmark on GPT-2 shapes: 124M (small) and 350M (medium), Flax layout.
 
-Times one jitted ``opt.update(grads, state, params)`` for Scion (lmo_optax), AdamW and optax's
-Muon, and reports optimizer-state bytes per parameter. Nothing is trained: gradients are fixed
-random float32 arrays; only the cost of the update and the size of the state are measured.
+Times one jitted ``opt.update(grads, state, params)`` for Scion and uSCG (lmo_optax; float32
+state, bfloat16 state, and Muon's "jordan" coefficients), AdamW and optax's Muon, and reports
+optimizer-state bytes per parameter, as ratios to AdamW (and to Muon). Nothing is trained:
+gradients are fixed random float32 arrays; only the cost of the update and the size of the
+state are measured. Both shape sets run in one invocation.
 
-    .venv/bin/python benchmarks/update_step.py            # full GPT-2 small, several minutes on CPU
-    .venv/bin/python benchmarks/update_step.py --quick    # 2 layers, vocab 8192: a smoke test
+    .venv/bin/python benchmarks/update_step.py            # 124M and 350M, ~25 min on 2 CPU cores
+    .venv/bin/python benchmarks/update_step.py --quick    # 2 small layers, vocab 4096: a smoke test
 
 CPU ratios are only comparable with other CPU ratios from the same run (Newton–Schulz dominates
 the update on CPU; on accelerators it is a small fraction of a training step).
@@ -37,8 +39,14 @@ from lmo_optax import rules as rules_lib
 
 HERE = Path(__file__).resolve().parent
 
-FULL = {"vocab": 50304, "width": 768, "layers": 12, "context": 1024}
-QUICK = {"vocab": 8192, "width": 768, "layers": 2, "context": 1024}
+SHAPES = {  # GPT-2 family, tied embedding; "350m" is GPT-2 medium (24 × 1024)
+    "124m": {"vocab": 50304, "width": 768, "layers": 12, "context": 1024},
+    "350m": {"vocab": 50304, "width": 1024, "layers": 24, "context": 1024},
+}
+QUICK_SHAPES = {  # a smoke test of the same code paths, in about a minute
+    "quick-2x256": {"vocab": 4096, "width": 256, "layers": 2, "context": 256},
+    "quick-2x384": {"vocab": 4096, "width": 384, "layers": 2, "context": 256},
+}
 
 NS_STEPS = 5
 SCION_LR = 3.6e-4
@@ -52,7 +60,14 @@ TARGET_STATE_BF16 = 2.0
 EXPECTED_ADAMW_STATE = 8.0
 EXPECTED_MUON_STATE = 5.25
 
-OPTIMIZER_NAMES = ("scion", "scion_bf16", "scion_jordan", "adamw", "muon")
+OPTIMIZER_NAMES = (
+    "scion",
+    "unconstrained_scion",
+    "scion_bf16",
+    "scion_jordan",
+    "adamw",
+    "muon",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +168,10 @@ def muon_dimension_numbers(params: Any) -> Any:
 def make_optimizer(name: str) -> optax.GradientTransformation:
     if name == "scion":
         return lmo_optax.scion(learning_rate=SCION_LR, rules=scion_rules(), ns_steps=NS_STEPS)
+    if name == "unconstrained_scion":
+        return lmo_optax.unconstrained_scion(
+            learning_rate=SCION_LR, rules=scion_rules(), ns_steps=NS_STEPS
+        )
     if name == "scion_bf16":
         return lmo_optax.scion(
             learning_rate=SCION_LR, rules=scion_rules(), ns_steps=NS_STEPS, state_dtype=jnp.bfloat16
@@ -174,6 +193,7 @@ def make_optimizer(name: str) -> optax.GradientTransformation:
 
 DESCRIPTIONS = {
     "scion": "lmo_optax.scion, gpt_rules(tied, hidden 50, head 3000), Polar Express NS x5",
+    "unconstrained_scion": "lmo_optax.unconstrained_scion (uSCG), same rules and NS",
     "scion_bf16": "scion with state_dtype=bfloat16",
     "scion_jordan": "scion with ns_coeffs='jordan' (muon's quintic) NS x5",
     "adamw": "optax.adamw(3e-4)",
@@ -383,22 +403,26 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     by = {r["name"]: r for r in results}
+    adamw = by.get("adamw")
     rows = [
-        "| optimizer | median update (s) | min (s) | ratio to muon | ratio to adamw "
-        "| state bytes/param |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| optimizer | median update (s) | min (s) | time / AdamW | time / Muon "
+        "| state bytes/param | state / AdamW |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        state_ratio = None if adamw is None else r["state_bytes"] / adamw["state_bytes"]
         rows.append(
             f"| {r['name']} | {r['median_s']:.3f} | {r['min_s']:.3f} "
+            f"| {_fmt(_ratio(r, adamw), '.1f')} "
             f"| {_fmt(_ratio(r, by.get('muon')), '.2f')} "
-            f"| {_fmt(_ratio(r, by.get('adamw')), '.1f')} "
-            f"| {r['state_bytes_per_param']:.4f} |"
+            f"| {r['state_bytes_per_param']:.4f} | {_fmt(state_ratio, '.2f')} |"
         )
     return "\n".join(rows)
 
 
-def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def evaluate_targets(
+    results: list[dict[str, Any]], reference_shapes: bool = True
+) -> list[dict[str, Any]]:
     by = {r["name"]: r for r in results}
     targets = []
 
@@ -406,7 +430,7 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         targets.append({"target": what, "value": value, "goal": goal, "pass": ok})
 
     muon = by.get("muon")
-    for name in ("scion", "scion_jordan", "scion_bf16"):
+    for name in ("scion", "unconstrained_scion", "scion_jordan", "scion_bf16"):
         if name in by and muon is not None:
             v = _ratio(by[name], muon)
             add(
@@ -417,6 +441,7 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
     for name, goal in (
         ("scion", TARGET_STATE_F32),
+        ("unconstrained_scion", TARGET_STATE_F32),
         ("scion_jordan", TARGET_STATE_F32),
         ("scion_bf16", TARGET_STATE_BF16),
     ):
@@ -431,7 +456,7 @@ def evaluate_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             f"~ {EXPECTED_ADAMW_STATE}",
             abs(v - EXPECTED_ADAMW_STATE) < 0.01,
         )
-    if muon is not None:
+    if muon is not None and reference_shapes:  # LANDSCAPE.md's 5.25 is for GPT-2 small
         v = muon["state_bytes_per_param"]
         add(
             "muon state bytes/param",
@@ -467,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 2 if args.quick else 5
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    names = list(OPTIMIZER_NAMES)
+    names = [n for n in OPTIMIZER_NAMES if n != "scion_jordan"]  # jordan: with --only
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in OPTIMIZER_NAMES]
@@ -478,16 +503,55 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     log = lambda s: print(s, flush=True)
-    config = QUICK if args.quick else FULL
     info = machine_info()
-    log(f"# Optimizer update step, GPT-2 small shapes{' (QUICK)' if args.quick else ''}")
-    log(f"config: {config}; Newton–Schulz steps {NS_STEPS}; repeats {args.repeats}")
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    log(f"# Optimizer update step, GPT-2 shapes {list(shapes)}{' (QUICK)' if args.quick else ''}")
     log(
         f"jax {info['jax']}, optax {info['optax']}, lmo_optax {info['lmo_optax']}; "
         f"devices {info['devices']}; {info['cpu_count']} CPUs; {info['platform']}; "
         f"XLA_FLAGS={info['xla_flags']!r}"
     )
+    log(
+        "targets: scion/muon time ratio <= 1.0 at 5 NS steps; state <= 4.0 B/param (f32), "
+        "<= 2.0 (bf16 state); AdamW 8.0 and Muon ~5.25 B/param for reference"
+    )
+    load_before = _loadavg()
+    per_config = {}
+    for label, config in shapes.items():
+        per_config[label] = run_config(label, config, names, args, log)
+    load_after = _loadavg()
+    info["loadavg_before"], info["loadavg_after"] = load_before, load_after
+    busy = [x[0] for x in (load_before, load_after) if x]
+    if busy and max(busy) > (info["affinity_cpus"] or info["cpu_count"] or 1):
+        log(
+            f"WARNING: load average {load_before} -> {load_after} exceeds the CPU count: "
+            "other processes competed for the CPUs; prefer the min column and rerun when idle"
+        )
+    report = {
+        "benchmark": "update_step",
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "quick": args.quick,
+        "ns_steps": NS_STEPS,
+        "repeats": args.repeats,
+        "configs": per_config,
+        "table_md": "\n\n".join(
+            f"**{label}** ({c['param_count'] / 1e6:.1f}M parameters)\n\n{c['markdown_table']}"
+            for label, c in per_config.items()
+        ),
+        "machine": info,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {out_path}")
+    return 0
 
+
+def run_config(
+    label: str, config: dict[str, int], names: list[str], args: Any, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """All optimizers on one set of shapes: compile each, then time them round-robin."""
+    log(f"\n## {label}: {config}; Newton–Schulz steps {NS_STEPS}; repeats {args.repeats}")
     params = make_params(gpt2_shapes(**config), jax.random.key(0))
     grads = random_like(params, jax.random.key(1))
     n_params = param_count(params)
@@ -501,7 +565,6 @@ def main(argv: list[str] | None = None) -> int:
             f"  {g['norm']:<13} radius {g['radius']:<6g} {g['tensors']:>3} tensors "
             f"{g['params']:>11,} params  (rule {g['rule']!r}, e.g. {g['example']})"
         )
-    log(f"  distinct norms: {', '.join(rules_check['distinct_norms'])}")
     if args.rules_table:
         log(lmo_optax.rules_table(params, scion_rules()))
     split = muon_split(params)
@@ -510,15 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         f"params), AdamW on {split['adamw_tensors']} ({split['adamw_params']:,})"
     )
 
-    log(
-        "targets: scion/muon time ratio <= 1.0 at 5 NS steps; state <= 4.0 B/param (f32), "
-        "<= 2.0 (bf16 state); AdamW 8.0 and Muon ~5.25 B/param for reference"
-    )
-
     # Compile everything first, then time round-robin (one call of each optimizer per round)
     # so that load from other processes on a shared machine affects all optimizers alike.
     t_start = time.perf_counter()
-    load_before = _loadavg()
     benches = []
     for name in names:
         log(f"{name}: {DESCRIPTIONS[name]}")
@@ -529,16 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  round {r + 1}/{args.repeats}: {line} (s)")
     results = [b.result() for b in benches]
     del benches
-    load_after = _loadavg()
-    info["loadavg_before"], info["loadavg_after"] = load_before, load_after
-    busy = [x[0] for x in (load_before, load_after) if x]
-    if busy and max(busy) > (info["affinity_cpus"] or info["cpu_count"] or 1):
-        log(
-            f"WARNING: load average {load_before} -> {load_after} exceeds the CPU count: "
-            "other processes competed for the CPUs; prefer the min column and rerun when idle"
-        )
 
-    targets = evaluate_targets(results)
+    targets = evaluate_targets(results, reference_shapes=label == "124m")
     table = markdown_table(results)
     log("")
     log(table)
@@ -546,20 +595,14 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         status = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
         log(f"  [{status}] {t['target']}: {_fmt(t['value'], '.4f')} (target {t['goal']})")
-    log(f"total benchmark time {time.perf_counter() - t_start:.1f} s")
+    log(f"{label}: benchmark time {time.perf_counter() - t_start:.1f} s")
 
     by = {r["name"]: r for r in results}
     for r in results:
         r["ratio_to_muon"] = _ratio(r, by.get("muon"))
         r["ratio_to_adamw"] = _ratio(r, by.get("adamw"))
-    report = {
-        "benchmark": "update_step",
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
+    return {
         "config": config,
-        "ns_steps": NS_STEPS,
-        "repeats": args.repeats,
         "param_count": n_params,
         "param_tensors": n_tensors,
         "scion_rules": rules_check,
@@ -567,12 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "targets": targets,
         "markdown_table": table,
-        "machine": info,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {out_path}")
-    return 0
 
 
 if __name__ == "__main__":

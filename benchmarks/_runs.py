@@ -1,0 +1,88 @@
+"""Training runs of the example GPT for the benchmark sweeps, cached on disk.
+
+Each run is identified by a name; its validation curve and final losses are stored as JSON
+under a cache folder, so an interrupted sweep resumes where it stopped and several processes
+can share a sweep (each run is claimed by creating its file first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lmo_optax.example.config import TrainConfig
+from lmo_optax.example.train import read_metrics, train
+
+
+def run_cached(
+    cfg: TrainConfig, optimizer: str, name: str, cache: Path, *, wait: bool = True
+) -> dict[str, Any] | None:
+    """Trains (or loads) one run; None if another process holds it and ``wait`` is False."""
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{name}.json"
+    claim = cache / f"{name}.running"
+    while True:
+        if path.exists():
+            return json.loads(path.read_text())
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(fd)
+            break
+        except FileExistsError:
+            if not wait:
+                return None
+            time.sleep(5)
+    try:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                result = train(
+                    dataclasses.replace(cfg, sample_bytes=0), optimizer, tmp, verbose=False
+                )
+                metrics = read_metrics(Path(tmp) / "metrics.jsonl")
+                diverged = False
+            except FloatingPointError:
+                metrics, result, diverged = [], None, True
+        record = {
+            "name": name,
+            "optimizer": optimizer,
+            "learning_rate": cfg.optimizers[optimizer].learning_rate,
+            "seed": cfg.seed,
+            "width": cfg.model.width,
+            "steps": cfg.steps,
+            "diverged": diverged,
+            "final_val_loss": math.nan if result is None else result.final_val_loss,
+            "final_train_loss": math.nan if result is None else result.final_train_loss,
+            "val_curve": [[m["step"], m["val_loss"]] for m in metrics if "val_loss" in m],
+            "train_curve": [[m["step"], m["train_loss"]] for m in metrics],
+            "wall_s": time.perf_counter() - t0,
+        }
+        path.write_text(json.dumps(record) + "\n")
+        return record
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+def with_learning_rate(cfg: TrainConfig, optimizer: str, lr: float, **fields: Any) -> TrainConfig:
+    """cfg with ``optimizer``'s learning rate (and other OptimizerConfig fields) replaced."""
+    oc = dataclasses.replace(cfg.optimizers[optimizer], learning_rate=lr, **fields)
+    return dataclasses.replace(cfg, optimizers={**cfg.optimizers, optimizer: oc})
+
+
+def steps_to_reach(curve: list[list[float]], target: float) -> float:
+    """First step at which a validation curve reaches ``target`` (linear interpolation)."""
+    previous = None
+    for step, value in curve:
+        if value <= target:
+            if previous is None:
+                return float(step)
+            s0, v0 = previous
+            return s0 + (step - s0) * (v0 - target) / (v0 - value)
+        previous = (step, value)
+    return math.inf
