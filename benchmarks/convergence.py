@@ -199,6 +199,12 @@ def summarize(cfg: Any, sweeps: dict, best: dict, seeded: dict, quick: bool) -> 
         "quick": quick,
         "config": "configs/tiny.py" if not quick else "quick",
         "steps": cfg.steps,
+        "model": {
+            "width": cfg.model.width,
+            "depth": cfg.model.depth,
+            "context": cfg.model.context,
+            "batch_size": cfg.batch_size,
+        },
         "target_val_loss": target,
         "rows": rows,
         "sweeps": {o: {str(e): _loss(r) for e, r in s.items()} for o, s in sweeps.items()},

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="d = 128 instead of 512")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--img", default=None, help="folder for the plot (default docs/img)")
     args = parser.parse_args(argv)
     d = 128 if args.quick else 512
 
@@ -140,8 +141,37 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or HERE / "results" / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    img = Path(args.img or HERE.parent / "docs" / "img")
+    plot(rows, img / ("ns_quality_quick.png" if args.quick else "ns_quality.png"))
     print(f"wrote {out}")
     return 0
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["table"] for r in rows):
+        mine = [r for r in rows if r["table"] == name]
+        steps = [r["steps"] for r in mine]
+        for ax, kind in zip(axes, ("gradient", "random"), strict=True):
+            lo = [r[kind]["sigma_min"] for r in mine]
+            hi = [r[kind]["sigma_max"] for r in mine]
+            (line,) = ax.plot(steps, lo, "o-", label=name)
+            ax.plot(steps, hi, "o--", color=line.get_color())
+    for ax, kind in zip(axes, ("gradient-like (low stable rank)", "random Gaussian"), strict=True):
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xlabel("Newton–Schulz steps")
+        ax.set_ylabel("output σ: min (solid), max (dashed)")
+        ax.set_title(kind)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
