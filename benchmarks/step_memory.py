@@ -4,7 +4,9 @@ Compiles the example's jitted train step (forward, backward, optimizer update, a
 the parameters and optimizer state donated, as a training loop would, and reads
 ``compiled.memory_analysis()``: argument, output, aliased (donated and reused) and temporary
 bytes. The peak is estimated as arguments + outputs − aliased + temporaries. Nothing runs;
-shapes come from ``jax.eval_shape``, so even GPT-2 small only compiles.
+shapes come from ``jax.eval_shape``, so even GPT-2 small only compiles. Full mode compiles at
+the config's batch (activations dominate) and at batch 1 (a per-device micro-batch, where the
+parameters and the optimizer state weigh more).
 
     .venv/bin/python benchmarks/step_memory.py           # configs/gpt2_small.py (124M)
     .venv/bin/python benchmarks/step_memory.py --quick   # configs/tiny.py
@@ -80,27 +82,11 @@ def mb(n: float) -> str:
     return f"{n / 2**20:,.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="configs/tiny.py")
-    parser.add_argument("--config", default=None, help="a config file (overrides --quick)")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    config = args.config or str(ROOT / "configs" / ("tiny.py" if args.quick else "gpt2_small.py"))
-    cfg = load_config(config)
-    rows = {}
-    for label, (name, overrides) in VARIANTS.items():
-        rows[label] = step_memory(cfg, name, overrides)
-        r = rows[label]
-        print(
-            f"{label:22s} args {mb(r['arguments'])} MB, temps {mb(r['temporaries'])} MB, "
-            f"peak ≈ {mb(r['peak_estimate'])} MB ({r['compile_s']:.0f} s to compile)",
-            flush=True,
-        )
+def render(config: str, cfg: TrainConfig, rows: dict[str, dict[str, Any]]) -> str:
     base = rows["adamw"]
     lines = [
-        f"`{Path(config).name}`: {base['params'] / 1e6:.2f}M parameters, batch "
-        f"{cfg.batch_size} × {cfg.model.context}; params and state donated; MB = 2^20 bytes.\n",
+        f"`{config}`: {base['params'] / 1e6:.2f}M parameters, batch {cfg.batch_size} × "
+        f"{cfg.model.context}; params and state donated; MB = 2^20 bytes.\n",
         "| optimizer | state B/param | arguments MB | outputs MB | aliased MB | temporaries MB "
         "| peak ≈ MB | peak / AdamW | temporaries / AdamW |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -114,14 +100,45 @@ def main(argv: list[str] | None = None) -> int:
             f"| {mb(r['peak_estimate'])} | {r['peak_ratio_to_adamw']:.3f} "
             f"| {r['temporaries_ratio_to_adamw']:.3f} |"
         )
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="configs/tiny.py")
+    parser.add_argument("--config", default=None, help="a config file (overrides --quick)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    config = args.config or str(ROOT / "configs" / ("tiny.py" if args.quick else "gpt2_small.py"))
+    cfg = load_config(config)
+    # The config's batch, and one sequence: activations dominate the first, the parameters and
+    # optimizer state weigh more in the second (a per-device micro-batch on a large mesh).
+    batches = [cfg.batch_size] if args.quick else [cfg.batch_size, 1]
+    tables, per_batch = [], {}
+    for batch in batches:
+        run_cfg = dataclasses.replace(cfg, batch_size=batch)
+        rows = {}
+        for label, (name, overrides) in VARIANTS.items():
+            rows[label] = step_memory(run_cfg, name, overrides)
+            r = rows[label]
+            print(
+                f"batch {batch}: {label:22s} args {mb(r['arguments'])} MB, temps "
+                f"{mb(r['temporaries'])} MB, peak ≈ {mb(r['peak_estimate'])} MB "
+                f"({r['compile_s']:.0f} s to compile)",
+                flush=True,
+            )
+        tables.append(render(Path(config).name, run_cfg, rows))
+        per_batch[str(batch)] = rows
+    table = "\n\n".join(tables)
     print(table)
+    rows = per_batch[str(cfg.batch_size)]
     report = {
         "benchmark": "step_memory",
         "config": Path(config).name,
         "jax": jax.__version__,
         "backend": jax.default_backend(),
-        "rows": rows,
+        "rows": rows,  # at the config's batch size
+        "rows_by_batch": per_batch,
         "table_md": table,
     }
     name = "step_memory_quick.json" if args.quick else "step_memory.json"
