@@ -2,12 +2,14 @@
 
 Each run is identified by a name; its validation curve and final losses are stored as JSON
 under a cache folder, so an interrupted sweep resumes where it stopped and several processes
-can share a sweep (each run is claimed by creating its file first).
+can share a sweep (each run is claimed by creating its file first). A record also holds a
+fingerprint of the settings that made it; when they change, the run is trained again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -27,9 +29,16 @@ def run_cached(
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{name}.json"
     claim = cache / f"{name}.running"
+    fp = fingerprint(cfg, optimizer)
     while True:
         if path.exists():
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
+            if "fingerprint" not in record:  # made before fingerprints existed: stamp it
+                record["fingerprint"] = fp
+                path.write_text(json.dumps(record) + "\n")
+            if record["fingerprint"] == fp:
+                return record
+            path.unlink()  # the settings changed since: train again
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             os.close(fd)
@@ -51,6 +60,7 @@ def run_cached(
                 metrics, result, diverged = [], None, True
         record = {
             "name": name,
+            "fingerprint": fp,
             "optimizer": optimizer,
             "learning_rate": cfg.optimizers[optimizer].learning_rate,
             "seed": cfg.seed,
@@ -67,6 +77,21 @@ def run_cached(
         return record
     finally:
         claim.unlink(missing_ok=True)
+
+
+def fingerprint(cfg: TrainConfig, optimizer: str) -> str:
+    """A hash of every setting that shapes one run (not the other optimizers' settings)."""
+    relevant = {
+        "model": dataclasses.asdict(cfg.model),
+        "optimizer": optimizer,
+        "optimizer_config": dataclasses.asdict(cfg.optimizers[optimizer]),
+        **{
+            k: getattr(cfg, k)
+            for k in ("data", "val_fraction", "batch_size", "steps", "eval_every", "seed")
+        },
+        "eval_batches": cfg.eval_batches,
+    }
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def with_learning_rate(cfg: TrainConfig, optimizer: str, lr: float, **fields: Any) -> TrainConfig:
