@@ -149,7 +149,13 @@ def _update_step(results: Path, rel: str, quick: bool) -> list[str]:
     lines = [
         "`benchmarks/update_step.py`: one jitted `opt.update(grads, state, params)` on GPT-2 "
         f"shapes (tied embedding, {r['ns_steps']} Newton–Schulz steps, float32), median of "
-        f"{r['repeats']} timed calls taken round-robin; state bytes per parameter. Load average "
+        f"{r['repeats']} timed calls after a warm-up ("
+        + "; ".join(
+            f"{label}: {c.get('timing', 'round-robin')}" for label, c in r["configs"].items()
+        )
+        + " — round-robin interleaves the optimizers so that load affects all alike; above 200M "
+        "parameters their states do not fit in this machine's memory together, so each is timed "
+        "alone); state bytes per parameter. Load average "
         f"during the run: {r['machine'].get('loadavg_before')} → "
         f"{r['machine'].get('loadavg_after')} (1, 5, 15 min).",
         "",

@@ -49,6 +49,7 @@ QUICK_SHAPES = {  # a smoke test of the same code paths, in about a minute
 }
 
 NS_STEPS = 5
+SEQUENTIAL_ABOVE = 200_000_000  # parameters; see run_config
 SCION_LR = 3.6e-4
 BASELINE_LR = 3e-4
 
@@ -522,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = _loadavg()
     info["loadavg_before"], info["loadavg_after"] = load_before, load_after
     busy = [x[0] for x in (load_before, load_after) if x]
-    if busy and max(busy) > (info["affinity_cpus"] or info["cpu_count"] or 1):
+    if busy and max(busy) > (info["affinity_cpus"] or info["cpu_count"] or 1) + 1:  # +1: itself
         log(
             f"WARNING: load average {load_before} -> {load_after} exceeds the CPU count: "
             "other processes competed for the CPUs; prefer the min column and rerun when idle"
@@ -575,17 +576,36 @@ def run_config(
 
     # Compile everything first, then time round-robin (one call of each optimizer per round)
     # so that load from other processes on a shared machine affects all optimizers alike.
+    # Above SEQUENTIAL_ABOVE parameters the states of all optimizers together do not fit in
+    # this machine's memory (the 350M run was OOM-killed at 24 GiB): each optimizer is then
+    # prepared, timed and freed in turn.
     t_start = time.perf_counter()
-    benches = []
-    for name in names:
-        log(f"{name}: {DESCRIPTIONS[name]}")
-        benches.append(Bench(name, params, grads, n_params))
-        benches[-1].prepare(log)
-    for r in range(args.repeats):
-        line = ", ".join(f"{b.name} {b.time_once():.3f}" for b in benches)
-        log(f"  round {r + 1}/{args.repeats}: {line} (s)")
-    results = [b.result() for b in benches]
-    del benches
+    sequential = n_params > SEQUENTIAL_ABOVE
+    results = []
+    if sequential:
+        log(
+            f"timing one optimizer at a time: {n_params / 1e6:.0f}M parameters "
+            f"> {SEQUENTIAL_ABOVE / 1e6:.0f}M"
+        )
+        for name in names:
+            log(f"{name}: {DESCRIPTIONS[name]}")
+            bench = Bench(name, params, grads, n_params)
+            bench.prepare(log)
+            times = ", ".join(f"{bench.time_once():.3f}" for _ in range(args.repeats))
+            log(f"  {name}: {times} (s)")
+            results.append(bench.result())
+            del bench
+    else:
+        benches = []
+        for name in names:
+            log(f"{name}: {DESCRIPTIONS[name]}")
+            benches.append(Bench(name, params, grads, n_params))
+            benches[-1].prepare(log)
+        for r in range(args.repeats):
+            line = ", ".join(f"{b.name} {b.time_once():.3f}" for b in benches)
+            log(f"  round {r + 1}/{args.repeats}: {line} (s)")
+        results = [b.result() for b in benches]
+        del benches
 
     targets = evaluate_targets(results, reference_shapes=label == "124m")
     table = markdown_table(results)
@@ -603,6 +623,7 @@ def run_config(
         r["ratio_to_adamw"] = _ratio(r, by.get("adamw"))
     return {
         "config": config,
+        "timing": "sequential" if sequential else "round-robin",
         "param_count": n_params,
         "param_tensors": n_tensors,
         "scion_rules": rules_check,
