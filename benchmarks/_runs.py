@@ -33,10 +33,7 @@ def run_cached(
     while True:
         if path.exists():
             record = json.loads(path.read_text())
-            if "fingerprint" not in record:  # made before fingerprints existed: stamp it
-                record["fingerprint"] = fp
-                path.write_text(json.dumps(record) + "\n")
-            if record["fingerprint"] == fp:
+            if record.get("fingerprint") == fp:
                 return record
             path.unlink()  # the settings changed since: train again
         try:

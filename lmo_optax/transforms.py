@@ -209,7 +209,6 @@ def scale_by_lmo(
         flat_assignments, treedef = jax.tree.flatten(assignments, is_leaf=is_assignment)
         flat_updates = treedef.flatten_up_to(updates)
         norms = [concrete_norm(a.norm) for a in flat_assignments]
-        directions: list[jax.Array | None] = [None] * len(norms)
         # Spectral LMOs are computed together, so their Newton–Schulz work can be shared
         # across devices (lmo_optax.sharding); the other LMOs are elementwise and reductions.
         spectral = [
@@ -217,18 +216,18 @@ def scale_by_lmo(
             for i, n in enumerate(norms)
             if isinstance(n, norms_lib.Spectral) and n.method == "newton_schulz"
         ]
-        spectral_directions = sharding.spectral_lmos(
+        together = sharding.spectral_lmos(
             [norms[i] for i in spectral],
             [flat_updates[i] for i in spectral],
             strategy=ns_sharding,
             mesh=ns_mesh,
             axis_name=ns_axis_name,
         )
-        for i, direction in zip(spectral, spectral_directions, strict=True):
-            directions[i] = direction
-        for i, (norm, d) in enumerate(zip(norms, flat_updates, strict=True)):
-            if directions[i] is None:
-                directions[i] = norm.lmo(d)
+        by_index = dict(zip(spectral, together, strict=True))
+        directions = [
+            by_index[i] if i in by_index else norm.lmo(d)
+            for i, (norm, d) in enumerate(zip(norms, flat_updates, strict=True))
+        ]
 
         def project(a: rules_lib.Assignment, d: jax.Array, direction: jax.Array) -> jax.Array:
             radius = a.radius * radius_scale

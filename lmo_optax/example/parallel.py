@@ -33,6 +33,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from lmo_optax.rules import path_to_str
+
 _ROW_PARALLEL = re.compile(r"(^|/)(out|proj)/kernel$")
 
 
@@ -98,8 +100,7 @@ def param_shardings(params: Any, mesh: jax.sharding.Mesh) -> Any:
     """A NamedSharding for every leaf of ``params`` (a pytree of arrays)."""
 
     def sharding(path: Any, x: Any) -> NamedSharding:
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        return NamedSharding(mesh, param_spec(name, tuple(np.shape(x)), mesh))
+        return NamedSharding(mesh, param_spec(path_to_str(path), tuple(np.shape(x)), mesh))
 
     return jax.tree_util.tree_map_with_path(sharding, params)
 
