@@ -1,7 +1,7 @@
 """Sharded Scion update on GPT-2-small shapes over 8 devices: replicate vs distribute vs sharded.
 
 For each parameter layout (FSDP over ``data=8``; FSDP+TP over ``data=4, model=2``) and each
-Newton–Schulz strategy of ``lmo_optax.sharding``, compiles one jitted
+Newton–Schulz strategy of ``lmo_optax.strategies``, compiles one jitted
 ``scion.update(grads, state, params)`` on sharded arrays and reports, per device:
 
 * floating-point operations of the whole update, from XLA's cost analysis of the partitioned

@@ -157,7 +157,7 @@ def _safe_frobenius_normalize(x: jax.Array, safety: float) -> jax.Array:
 Matmul = Callable[[jax.Array, jax.Array, Literal["gram", "x"]], jax.Array]
 """How products are formed: ``matmul(a, b, kind)`` is a @ b, where ``kind`` says whether the
 result is a small Gram-side matrix (``"gram"``) or shaped like X (``"x"``). The sharded
-strategy of ``lmo_optax.sharding`` passes one that gives each product its output sharding."""
+strategy of ``lmo_optax.strategies`` passes one that gives each product its output sharding."""
 
 
 def _plain_matmul(a: jax.Array, b: jax.Array, kind: str) -> jax.Array:
@@ -228,7 +228,7 @@ def newton_schulz_flops(rows: int, cols: int, steps: int, method: str, split: in
     """Floating-point operations of one orthogonalization of a rows×cols matrix.
 
     ``split``: the number of devices sharing the products with X (the 4m²n terms) when X is
-    sharded along its long axis, as in the "sharded" strategy of ``lmo_optax.sharding``; the
+    sharded along its long axis, as in the "sharded" strategy of ``lmo_optax.strategies``; the
     m×m products are then repeated on every device.
     """
     m, n = min(rows, cols), max(rows, cols)
@@ -268,7 +268,7 @@ def orthogonalize(
         Gram matrix, the same polynomial with fewer FLOPs for rectangular matrices;
         ``"auto"`` (default) takes whichever needs fewer FLOPs (standard in 16-bit dtypes).
       matmul: how products are formed (see :data:`Matmul`); None multiplies plainly. Used by
-        ``lmo_optax.sharding`` to give each product an output sharding.
+        ``lmo_optax.strategies`` to give each product an output sharding.
 
     Returns:
       An array of ``g``'s shape and dtype whose matrices have singular values near one (within

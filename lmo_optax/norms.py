@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmo_optax import newton_schulz, sharding
+from lmo_optax import layouts, newton_schulz
 
 Shape = tuple[int, ...]
 Axes = tuple[int, ...]
@@ -146,7 +146,7 @@ class MatrixNorm(Norm):
         red, out, _ = self.axes(shape)
         return math.prod(shape[a] for a in red), math.prod(shape[a] for a in out)
 
-    def _matrices(self, x: jax.Array) -> jax.Array:
+    def as_matrices(self, x: jax.Array) -> jax.Array:
         """x as (*batch, d_in, d_out); a no-op for the default (…, d_in, d_out) layout."""
         red, out, batch = self.axes(x.shape)
         d_in, d_out = self.dims(x.shape)
@@ -155,7 +155,8 @@ class MatrixNorm(Norm):
             x = jnp.transpose(x, perm)
         return x.reshape(x.shape[: len(batch)] + (d_in, d_out))
 
-    def _from_matrices(self, m: jax.Array, shape: Shape) -> jax.Array:
+    def from_matrices(self, m: jax.Array, shape: Shape) -> jax.Array:
+        """The inverse of :meth:`as_matrices`: (*batch, d_in, d_out) back to ``shape``."""
         red, out, batch = self.axes(shape)
         perm = batch + red + out
         x = m.reshape(tuple(shape[a] for a in perm))
@@ -227,8 +228,9 @@ class Spectral(MatrixNorm):
     def polar(self, m: jax.Array, matmul: newton_schulz.Matmul | None = None) -> jax.Array:
         """U Vᵀ (approximately, by Newton–Schulz) of matrices in the last two axes.
 
-        ``matmul`` forms the Newton–Schulz products (``lmo_optax.sharding`` passes one that
-        keeps the matrices sharded); None multiplies plainly.
+        ``matmul`` forms the Newton–Schulz products (the ``"sharded"`` strategy of
+        :mod:`lmo_optax.strategies` passes one that keeps the matrices sharded); None
+        multiplies plainly.
         """
         if self.method == "svd":
             u, s, vt = jnp.linalg.svd(m.astype(_compute_dtype(m)), full_matrices=False)
@@ -238,45 +240,22 @@ class Spectral(MatrixNorm):
         table, steps, dtype = self.newton_schulz_settings()
         return newton_schulz.orthogonalize(m, coeffs=table, steps=steps, dtype=dtype, matmul=matmul)
 
-    # The sharding strategies (lmo_optax.sharding) orthogonalize many parameters together. They
-    # see each one as a stack of wide matrices (B, m, n), m ≤ n, and map the result back.
-
-    def is_plain_layout(self, shape: Shape) -> bool:
-        """True when the matrices are the last two axes as they are (no transpose, no merge)."""
-        red, out, _ = self.axes(shape)
-        return red == (len(shape) - 2,) and out == (len(shape) - 1,)
-
-    def wide_matrices(self, g: jax.Array) -> jax.Array:
-        """g as a (B, m, n) stack of matrices with m ≤ n (transposed when d_in > d_out)."""
-        d_in, d_out = self.dims(g.shape)
-        m = self._matrices(g.astype(_compute_dtype(g))).reshape(-1, d_in, d_out)
-        return jnp.swapaxes(m, -1, -2) if d_in > d_out else m
-
-    def from_wide_polar(self, o: jax.Array, g: jax.Array) -> jax.Array:
-        """The LMO of g from the polar factors ``o`` of :meth:`wide_matrices` (g)."""
-        d_in, d_out = self.dims(g.shape)
-        if d_in > d_out:
-            o = jnp.swapaxes(o, -1, -2)
-        _, _, batch = self.axes(g.shape)
-        o = o.reshape(tuple(g.shape[a] for a in batch) + (d_in, d_out))
-        return (self._from_matrices(o, g.shape) * (-self.scale(g.shape))).astype(g.dtype)
-
     def lmo(self, g: jax.Array) -> jax.Array:
-        # On Explicit-axis meshes the matrix is gathered, orthogonalized and resharded back
-        # (lmo_optax.sharding, "replicate"); elsewhere this is the identity wrapper.
-        return sharding.replicated(self._lmo_unsharded, g)
+        # One parameter at a time; scale_by_lmo shares the work of many across devices
+        # (lmo_optax.strategies). Under Explicit mesh axes the matrix is used whole.
+        return layouts.on_whole(self._lmo, g)
 
-    def _lmo_unsharded(self, g: jax.Array) -> jax.Array:
-        m = self._matrices(g)
+    def _lmo(self, g: jax.Array) -> jax.Array:
+        m = self.as_matrices(g)
         o = self.polar(m.astype(_compute_dtype(g))) * (-self.scale(g.shape))
-        return self._from_matrices(o, g.shape).astype(g.dtype)
+        return self.from_matrices(o, g.shape).astype(g.dtype)
 
     def _singular_values(self, x: jax.Array) -> jax.Array:
         def svals(x: jax.Array) -> jax.Array:
-            m = self._matrices(x).astype(_compute_dtype(x))
+            m = self.as_matrices(x).astype(_compute_dtype(x))
             return jnp.linalg.svd(m, compute_uv=False)
 
-        return svals(sharding.gather(x))
+        return svals(layouts.gather(x))
 
     def norm(self, w: jax.Array) -> jax.Array:
         return jnp.max(self._singular_values(w)) / self.scale(w.shape)
@@ -294,7 +273,7 @@ class Spectral(MatrixNorm):
         q, r = jnp.linalg.qr(z)
         q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
         m = q if tall else jnp.swapaxes(q, -1, -2)
-        return self._from_matrices(m * self.scale(shape), tuple(shape)).astype(dtype)
+        return self.from_matrices(m * self.scale(shape), tuple(shape)).astype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import optax
 
-from lmo_optax import newton_schulz, sharding, transforms
+from lmo_optax import newton_schulz, strategies, transforms
 from lmo_optax import rules as rules_lib
 
 
@@ -27,7 +27,7 @@ def _scion(
     state_dtype: Any,
     clip: bool,
     radius_scale: float,
-    ns_sharding: sharding.Strategy,
+    ns_sharding: strategies.StrategyName,
     ns_mesh: Any,
     ns_axis_name: Any,
 ) -> optax.GradientTransformation:
@@ -60,7 +60,7 @@ def scion(
     state_dtype: Any = None,
     clip: bool = False,
     radius_scale: float = 1.0,
-    ns_sharding: sharding.Strategy = "auto",
+    ns_sharding: strategies.StrategyName = "auto",
     ns_mesh: Any = None,
     ns_axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
@@ -85,7 +85,7 @@ def scion(
       ns_sharding: how sharded parameters share the Newton–Schulz work across devices:
         ``"auto"`` (default: the fewest FLOPs per device), ``"replicate"``, ``"distribute"``
         (each device orthogonalizes its share of the same-shape matrices) or ``"sharded"``
-        (Newton–Schulz on the sharded matrix); see :mod:`lmo_optax.sharding`.
+        (Newton–Schulz on the sharded matrix); see :mod:`lmo_optax.strategies`.
       ns_mesh: the mesh to share the work over when the parameters' types (Explicit axes) do
         not carry one; default: the mesh set with ``jax.set_mesh``.
       ns_axis_name: inside ``jax.pmap`` over replicated parameters, the axis name over which
@@ -93,7 +93,9 @@ def scion(
         ``all_gather``); None: each device does all of it.
 
     Returns:
-      An ``optax.GradientTransformation``; ``update`` needs ``params``.
+      An ``optax.GradientTransformation``; ``update`` needs ``params``. Under Auto mesh axes,
+      ``init`` records the parameters' layouts (call it outside ``jit``) and ``update`` keeps
+      updates and state in them (:class:`lmo_optax.layouts.ParamLayouts`).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -134,7 +136,7 @@ def unconstrained_scion(
     state_dtype: Any = None,
     clip: bool = False,
     radius_scale: float = 1.0,
-    ns_sharding: sharding.Strategy = "auto",
+    ns_sharding: strategies.StrategyName = "auto",
     ns_mesh: Any = None,
     ns_axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:

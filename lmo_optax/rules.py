@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmo_optax import norms as norms_lib
+from lmo_optax.paths import path_to_str
 
 Shape = tuple[int, ...]
 
@@ -133,14 +134,6 @@ class Assignment:
 
 
 RulesLike = str | Sequence[Rule] | None
-
-
-def path_to_str(path: Sequence[Any]) -> str:
-    """ "/"-joined key path, without the trailing ``value`` attribute of NNX variables."""
-    keys = list(path)
-    if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
-        keys = keys[:-1]
-    return jax.tree_util.keystr(tuple(keys), simple=True, separator="/")
 
 
 def _natural_key(path: str) -> list[Any]:

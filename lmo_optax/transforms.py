@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmo_optax import newton_schulz, sharding
+from lmo_optax import layouts, newton_schulz, strategies
 from lmo_optax import norms as norms_lib
 from lmo_optax import rules as rules_lib
 
@@ -95,8 +95,10 @@ def average_gradients(
     _check_unit_interval("gradient_weight", gradient_weight)
     no_averaging = isinstance(gradient_weight, numbers.Real) and float(gradient_weight) == 1.0
     state_dtype = _as_dtype(state_dtype)
+    param_layouts = layouts.ParamLayouts()
 
     def init_fn(params: optax.Params) -> AverageGradientsState | optax.EmptyState:
+        param_layouts.record(params)
         if no_averaging:
             return optax.EmptyState()
         return AverageGradientsState(
@@ -120,13 +122,10 @@ def average_gradients(
             out = jax.tree.map(average, updates, new_average)
         else:
             out = new_average
-        # Under Auto mesh axes, keep the layouts of the gradients and of the state
-        # (lmo_optax.sharding.like; the identity elsewhere).
-        out = jax.tree.map(lambda o, g: sharding.like(o.astype(g.dtype), g), out, updates)
-        stored = jax.tree.map(
-            lambda d, old: sharding.like(d.astype(old.dtype), old), new_average, state.average
-        )
-        return out, AverageGradientsState(stored)
+        out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
+        stored = jax.tree.map(lambda d, old: d.astype(old.dtype), new_average, state.average)
+        # Under Auto mesh axes: the parameters' layouts recorded at init (else the identity).
+        return param_layouts.keep(out), AverageGradientsState(param_layouts.keep(stored))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -144,7 +143,7 @@ def scale_by_lmo(
     ns_dtype: Any = None,
     clip: bool = False,
     radius_scale: float = 1.0,
-    ns_sharding: sharding.Strategy = "auto",
+    ns_sharding: strategies.StrategyName = "auto",
     ns_mesh: jax.sharding.Mesh | None = None,
     ns_axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
@@ -163,7 +162,7 @@ def scale_by_lmo(
       radius_scale: multiplies every radius (convenient for sweeps; may be injected).
       ns_sharding: how the Newton–Schulz work of sharded parameters is shared across devices:
         ``"auto"`` (default), ``"replicate"``, ``"distribute"`` or ``"sharded"``; see
-        :mod:`lmo_optax.sharding`. Without a mesh all are the plain computation.
+        :mod:`lmo_optax.strategies`. Without a mesh all are the plain computation.
       ns_mesh: the mesh to share the work over when the parameters' types (Explicit axes) do
         not carry one; default: the mesh set with ``jax.set_mesh``.
       ns_axis_name: inside ``jax.pmap`` (or ``shard_map``) over replicated parameters, the axis
@@ -183,7 +182,7 @@ def scale_by_lmo(
       Array([-2.,  2.], dtype=float32)
     """
     rules = rules_lib.resolve_rules(rules)
-    sharding.check_strategy(ns_sharding)
+    strategies.check_strategy(ns_sharding)
     if ns_coeffs is not None:
         newton_schulz.coefficient_table(ns_coeffs)  # fail early on an unknown table name
     ns_dtype = None if ns_dtype is None else _as_dtype(ns_dtype).name
@@ -193,8 +192,11 @@ def scale_by_lmo(
             return norm.with_newton_schulz(ns_coeffs, ns_steps, ns_dtype)
         return norm
 
+    param_layouts = layouts.ParamLayouts()
+
     def init_fn(params: optax.Params) -> optax.EmptyState:
         rules_lib.assign(params, rules)  # validate now, with the parameter paths in the error
+        param_layouts.record(params)
         return optax.EmptyState()
 
     def update_fn(
@@ -210,13 +212,13 @@ def scale_by_lmo(
         flat_updates = treedef.flatten_up_to(updates)
         norms = [concrete_norm(a.norm) for a in flat_assignments]
         # Spectral LMOs are computed together, so their Newton–Schulz work can be shared
-        # across devices (lmo_optax.sharding); the other LMOs are elementwise and reductions.
+        # across devices (lmo_optax.strategies); the others are elementwise and reductions.
         spectral = [
             i
             for i, n in enumerate(norms)
             if isinstance(n, norms_lib.Spectral) and n.method == "newton_schulz"
         ]
-        together = sharding.spectral_lmos(
+        together = strategies.spectral_lmos(
             [norms[i] for i in spectral],
             [flat_updates[i] for i in spectral],
             strategy=ns_sharding,
@@ -240,7 +242,7 @@ def scale_by_lmo(
         out = [
             project(*args) for args in zip(flat_assignments, flat_updates, directions, strict=True)
         ]
-        return treedef.unflatten(out), state
+        return param_layouts.keep(treedef.unflatten(out)), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -283,9 +285,15 @@ def scion_step(
     if isinstance(learning_rate, numbers.Real) and not float(learning_rate) >= 0:
         raise ValueError(f"learning_rate must be non-negative, got {learning_rate!r}")
 
+    param_layouts = layouts.ParamLayouts()
+
     def init_fn(params: optax.Params) -> ScionStepState:
-        del params
-        return ScionStepState(count=jnp.zeros([], jnp.int32))
+        param_layouts.record(params)
+        count = jnp.zeros([], jnp.int32)
+        # Auto mesh axes: the count lives on the parameters' mesh from the start, as the
+        # jitted step returns it, so the second step does not compile again.
+        on_mesh = param_layouts.replicated()
+        return ScionStepState(count if on_mesh is None else jax.device_put(count, on_mesh))
 
     def update_fn(
         updates: optax.Updates,
@@ -304,21 +312,21 @@ def scion_step(
 
             def step(v: jax.Array, x: jax.Array) -> jax.Array:
                 f32 = jnp.promote_types(x.dtype, jnp.float32)
-                return sharding.like((gamma * (v.astype(f32) - x.astype(f32))).astype(x.dtype), x)
+                return (gamma * (v.astype(f32) - x.astype(f32))).astype(x.dtype)
 
             out = jax.tree.map(step, updates, params)
         else:
 
             def step(v: jax.Array, x: Any = None) -> jax.Array:
                 dtype = v.dtype if x is None else jnp.result_type(x)
-                out = (gamma * v.astype(jnp.promote_types(v.dtype, jnp.float32))).astype(dtype)
-                return out if x is None else sharding.like(out, x)
+                return (gamma * v.astype(jnp.promote_types(v.dtype, jnp.float32))).astype(dtype)
 
             out = (
                 jax.tree.map(step, updates)
                 if params is None
                 else jax.tree.map(step, updates, params)
             )
+        out = param_layouts.keep(out)  # Auto mesh axes: the parameters' layouts
         return out, ScionStepState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -38,7 +38,7 @@ def _muon_dims(params: Any) -> Any:
     """Newton–Schulz on hidden matrices (inside blocks), AdamW on embeddings, head, vectors."""
 
     def dims(path: Any, x: Any) -> Any:
-        p = lmo_optax.rules.path_to_str(path)
+        p = lmo_optax.paths.path_to_str(path)
         if p.startswith("blocks/") and x.ndim == 2:
             return optax.contrib.MuonDimensionNumbers()
         return None

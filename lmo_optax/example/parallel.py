@@ -16,7 +16,7 @@ norm gains, biases                     replicated
 
 A dimension that the axis size does not divide stays unsharded on that axis. Batches are split
 over ``data``. lmo-optax then shares the Newton–Schulz work over all the devices
-(``ns_sharding="auto"``, see ``lmo_optax.sharding``).
+(``ns_sharding="auto"``, see ``lmo_optax.strategies``).
 
 >>> mesh = parse_mesh("data=1")
 >>> dict(mesh.shape)
@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from lmo_optax.rules import path_to_str
+from lmo_optax.paths import path_to_str
 
 _ROW_PARALLEL = re.compile(r"(^|/)(out|proj)/kernel$")
 

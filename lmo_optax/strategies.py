@@ -1,0 +1,328 @@
+"""Sharing the spectral LMO's Newton–Schulz work across devices.
+
+Newton–Schulz multiplies whole matrices, so on sharded parameters someone must decide where
+each product runs. ``optax.contrib.muon`` leaves it to the compiler: under an Explicit-axis mesh
+it fails (``ShardingTypeError``), and elsewhere every device repeats the whole work. Here the
+Spectral LMOs of one update are orthogonalized together, grouped by (wide) matrix shape and
+Newton–Schulz settings, each group by one of the strategies of :data:`STRATEGIES`:
+
+``"replicate"``
+    Gather each matrix, orthogonalize it on every device, keep each device's part. The
+    baseline: simple, and every device does all the work.
+``"distribute"``
+    Stack the group's matrices (the layer axis of scanned parameters included), shard the
+    stack over all the devices of the mesh (padding it with zero matrices to a multiple of
+    their number), so that each device orthogonalizes its share of whole matrices; then bring
+    every result back to its parameter's layout. The moves are all-to-alls; no device gathers
+    matrices it does not work on. This is the JAX counterpart of distributed Muon.
+``"sharded"``
+    For single matrices too large to gather: Newton–Schulz on the matrix sharded along its long
+    axis, every product given its output sharding. Products with X stay sharded; the small m×m
+    Gram-side matrices are all-reduced and replicated (they are the smaller side, so this is
+    the cheap direction).
+
+``"auto"`` (the default) picks, for each group, the strategy with the fewest floating-point
+operations per device (ties: the first in the table): ``distribute`` for groups of many
+matrices, ``sharded`` for a few large rectangular ones (e.g. an embedding), ``replicate`` when
+neither divides. On one device, or without a mesh, every strategy is the plain computation.
+
+Where the mesh comes from (:func:`lmo_optax.layouts.placement`): the Explicit mesh axes in the
+parameters' types, else a mesh passed in (``scion(..., ns_mesh=mesh)``), else the mesh set with
+``jax.set_mesh``. Inside ``jax.pmap`` (or a ``shard_map`` over replicated parameters), pass the
+axis name (``ns_axis_name="batch"``): ``distribute`` then gives each device its share by
+``axis_index`` and ``all_gather``\\ s the results. Under Auto axes the results are brought back
+to the parameters' layouts recorded at ``init`` (:class:`lmo_optax.layouts.ParamLayouts`).
+
+All the other LMOs (ColNorm, RowNorm, Sign, RMS) are elementwise maps and reductions; they run
+on sharded parameters as they are, the reductions becoming the needed collectives.
+
+>>> import jax, jax.numpy as jnp, lmo_optax
+>>> from jax.sharding import PartitionSpec as P
+>>> mesh = jax.make_mesh((jax.device_count(),), ("data",))  # Explicit axes
+>>> params = {"w": jax.random.normal(jax.random.key(0), (8 * 16, 64))}
+>>> with jax.set_mesh(mesh):
+...     params = jax.device_put(params, P("data", None))  # FSDP: rows over "data"
+...     tx = lmo_optax.scion(0.1, "auto", ns_sharding="distribute")
+...     state = tx.init(params)
+...     updates, state = jax.jit(tx.update)(params, state, params)
+>>> updates["w"].sharding.spec == params["w"].sharding.spec
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from lmo_optax import newton_schulz
+from lmo_optax.layouts import Placement, placement
+from lmo_optax.norms import Spectral
+
+# --------------------------------------------------------------------------------------------
+# A Spectral parameter as a stack of wide matrices (B, m, n), m ≤ n, and back.
+# --------------------------------------------------------------------------------------------
+
+
+def _is_plain_layout(norm: Spectral, shape: tuple[int, ...]) -> bool:
+    """True when the matrices are the last two axes as they are (no transpose, no merge)."""
+    red, out, _ = norm.axes(shape)
+    return red == (len(shape) - 2,) and out == (len(shape) - 1,)
+
+
+def wide_matrices(norm: Spectral, g: jax.Array) -> jax.Array:
+    """g as a (B, m, n) stack of matrices with m ≤ n (transposed when d_in > d_out)."""
+    d_in, d_out = norm.dims(g.shape)
+    m = norm.as_matrices(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
+    m = m.reshape(-1, d_in, d_out)
+    return jnp.swapaxes(m, -1, -2) if d_in > d_out else m
+
+
+def lmo_from_wide_polar(norm: Spectral, o: jax.Array, g: jax.Array) -> jax.Array:
+    """The LMO of g (paper Table 2: −√(d_out/d_in)·U Vᵀ) from the polar factors of
+    :func:`wide_matrices` (g)."""
+    d_in, d_out = norm.dims(g.shape)
+    if d_in > d_out:
+        o = jnp.swapaxes(o, -1, -2)
+    _, _, batch = norm.axes(g.shape)
+    o = o.reshape(tuple(g.shape[a] for a in batch) + (d_in, d_out))
+    return (norm.from_matrices(o, g.shape) * (-norm.scale(g.shape))).astype(g.dtype)
+
+
+@dataclasses.dataclass
+class _Item:
+    norm: Spectral
+    grad: jax.Array  # the (averaged) gradient, as given
+    prepared: jax.Array  # the gradient as its matrices are taken from (maybe gathered)
+    wide: jax.Array  # (B, m, n) matrices, m ≤ n, compute dtype
+    polar: jax.Array | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The strategies: each has a cost (Newton–Schulz FLOPs per device; None where it does not
+# apply) and a way to run a group of same-shaped matrices.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """What a strategy's cost depends on: ``count`` wide (rows, cols) matrices."""
+
+    count: int
+    rows: int
+    cols: int
+    steps: int
+    dtype: Any
+
+    def flops(self, split: int = 1) -> int:
+        """Newton–Schulz FLOPs of one matrix, its products split ``split`` ways."""
+        method = newton_schulz.choose_method(self.rows, self.cols, self.steps, self.dtype)
+        return newton_schulz.newton_schulz_flops(
+            self.rows, self.cols, self.steps, method, split=split
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """One way to share the Newton–Schulz work of a group across the devices of a placement.
+
+    Attributes:
+      name: the ``ns_sharding`` value that selects it.
+      cost: FLOPs per device of a group, or None where the strategy does not apply.
+      run: orthogonalizes the group, setting each item's ``polar``.
+    """
+
+    name: str
+    cost: Callable[[Group, Placement], int | None]
+    run: Callable[[list[_Item], Placement], None]
+
+
+def _replicate(group: list[_Item], where: Placement) -> None:
+    """Every device orthogonalizes every matrix of the group, whole."""
+    for item in group:
+        if where.collective:
+            item.polar = item.norm.polar(item.wide)
+        else:  # pin input and output, or XLA may run it sharded (Auto axes)
+            x = where.constrain(item.wide, PartitionSpec())
+            item.polar = where.constrain(item.norm.polar(x), PartitionSpec())
+
+
+def _sharded(group: list[_Item], where: Placement) -> None:
+    """Newton–Schulz on each matrix sharded along its long (column) axis."""
+    x_spec = where.spec(None, None, "all")
+    for item in group:
+        x = where.constrain(item.wide, x_spec)
+        item.polar = item.norm.polar(x, matmul=where.matmul(x_spec))
+
+
+def _staging_spec(group: list[_Item], where: Placement) -> PartitionSpec:
+    """The layout the group's matrices are stacked in: rows or columns over all devices.
+
+    Under Explicit axes, the one most matrices already have (their reshard is then free);
+    otherwise rows (FSDP's d_in for wide matrices). Replicated if neither axis divides.
+    """
+    rows, cols = group[0].wide.shape[1:]
+    candidates = []
+    if rows % where.size == 0:
+        candidates.append(where.spec(None, "all", None))
+    if cols % where.size == 0:
+        candidates.append(where.spec(None, None, "all"))
+    if not candidates:
+        return PartitionSpec()
+
+    def current(item: _Item) -> tuple[Any, ...]:
+        spec = getattr(jax.typeof(item.wide).sharding, "spec", PartitionSpec())
+        entries = tuple(spec) + (None,) * (3 - len(spec))
+        return tuple(e if isinstance(e, tuple) or e is None else (e,) for e in entries[1:])
+
+    def matches(spec: PartitionSpec) -> int:
+        want = tuple(e if e is None else tuple(e) for e in tuple(spec)[1:])
+        return sum(current(item) == want for item in group) if where.explicit else 0
+
+    return max(candidates, key=matches)  # ties: the first (rows)
+
+
+def _distribute(group: list[_Item], where: Placement) -> None:
+    """Each device orthogonalizes its share of the group's stacked matrices."""
+    norm = group[0].norm
+    count = sum(item.wide.shape[0] for item in group)
+    rows, cols = group[0].wide.shape[1:]
+    dtype = group[0].wide.dtype
+    padding = -count % where.size
+    stage = None
+    if where.collective:
+        stack = jnp.concatenate(
+            [item.wide for item in group] + [jnp.zeros((padding, rows, cols), dtype)], axis=0
+        )
+        share = stack.shape[0] // where.size
+        index = jax.lax.axis_index(where.axes if len(where.axes) > 1 else where.axes[0])
+        mine = jax.lax.dynamic_slice_in_dim(stack, index * share, share, axis=0)
+        polar = jax.lax.all_gather(norm.polar(mine), where.axes, axis=0, tiled=True)
+    else:
+        # Stage every matrix sharded along an axis that divides (no whole-matrix gathers), so
+        # the stack is a local concatenation; then one all-to-all puts whole matrices on their
+        # devices, and one more brings them back.
+        stage = _staging_spec(group, where)
+        parts = [where.constrain(item.wide, stage) for item in group]
+        if padding:
+            zeros = jnp.zeros((padding, rows, cols), dtype)
+            parts.append(where.constrain(zeros, stage))
+        stack = where.constrain(jnp.concatenate(parts, axis=0), where.spec("all", None, None))
+        polar = where.constrain(norm.polar(stack), stage)
+    start = 0
+    for item in group:
+        size = item.wide.shape[0]
+        piece = polar[start : start + size]
+        # Keep the slice in the stack's layout; moving it to the parameter's is a separate
+        # step (slicing straight into another layout makes XLA replicate the stack).
+        item.polar = piece if stage is None else where.constrain(piece, stage)
+        start += size
+
+
+def _sharded_cost(group: Group, where: Placement) -> int | None:
+    if where.collective or max(group.rows, group.cols) % where.size:
+        return None
+    return group.count * group.flops(split=where.size)
+
+
+# The order breaks ties in "auto": replicate (one matrix: no work to share), then distribute.
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("replicate", lambda g, where: g.count * g.flops(), _replicate),
+        Strategy(
+            "distribute", lambda g, where: math.ceil(g.count / where.size) * g.flops(), _distribute
+        ),
+        Strategy("sharded", _sharded_cost, _sharded),
+    )
+}
+STRATEGY_NAMES: tuple[str, ...] = ("auto", *STRATEGIES)
+StrategyName = Literal["auto", "replicate", "distribute", "sharded"]
+
+
+def check_strategy(strategy: str) -> None:
+    """Raises ValueError for an unknown strategy name."""
+    if strategy not in STRATEGY_NAMES:
+        raise ValueError(
+            f"unknown Newton–Schulz sharding strategy {strategy!r}; choose one of {STRATEGY_NAMES}"
+        )
+
+
+def choose_strategy(group: Group, where: Placement) -> str:
+    """The applicable strategy with the fewest Newton–Schulz FLOPs per device."""
+    costs = {name: s.cost(group, where) for name, s in STRATEGIES.items()}
+    applicable = {name: c for name, c in costs.items() if c is not None}
+    return min(applicable, key=applicable.__getitem__)  # ties: table order
+
+
+def spectral_lmos(
+    norms: Sequence[Spectral],
+    grads: Sequence[jax.Array],
+    *,
+    strategy: StrategyName = "auto",
+    mesh: Any = None,
+    axis_name: str | tuple[str, ...] | None = None,
+) -> list[jax.Array]:
+    """The LMOs of many Spectral-norm parameters, the Newton–Schulz work shared by strategy.
+
+    Args:
+      norms: one :class:`~lmo_optax.norms.Spectral` (or ``SpectralConv``) per gradient.
+      grads: the (averaged) gradients.
+      strategy: ``"auto"``, ``"replicate"``, ``"distribute"`` or ``"sharded"`` (module doc).
+      mesh: the mesh to share the work over when the arrays' types (Explicit axes) do not
+        carry one; default: the mesh set with ``jax.set_mesh``.
+      axis_name: inside ``pmap``/``shard_map`` with whole matrices on each device: the axis
+        (or axes) to share the work over.
+
+    Returns:
+      ``norm.lmo(g)`` for each pair, equal to the one-device result up to float round-off.
+      Under Explicit axes each is laid out as its gradient; under Auto axes the caller
+      constrains it (:class:`lmo_optax.layouts.ParamLayouts`).
+    """
+    check_strategy(strategy)
+    where = placement(grads, mesh=mesh, axis_name=axis_name)
+    if where is None:
+        return [n.lmo(g) for n, g in zip(norms, grads, strict=True)]
+    if strategy == "sharded" and where.collective:
+        raise ValueError(
+            "ns_sharding='sharded' shards matrices over a mesh; inside pmap/shard_map with "
+            "ns_axis_name, use 'distribute' or 'replicate'"
+        )
+
+    items = []
+    for norm, g in zip(norms, grads, strict=True):
+        prepared = where.isolate(g)
+        # Explicit axes: a transpose or merge of sharded axes (conv kernels, custom axes) is
+        # not a sharding-preserving reshape, so those gradients are gathered first.
+        if where.explicit and not (_is_plain_layout(norm, g.shape) and g.ndim <= 3):
+            prepared = where.constrain(g, PartitionSpec())
+        items.append(_Item(norm, g, prepared, wide_matrices(norm, prepared)))
+
+    groups: dict[Any, list[_Item]] = {}
+    for item in items:
+        key = (item.wide.shape[1:], item.wide.dtype, item.norm.newton_schulz_settings())
+        groups.setdefault(key, []).append(item)
+
+    for ((rows, cols), dtype, (_, steps, ns_dtype)), group in groups.items():
+        chosen = strategy
+        if chosen == "auto":
+            count = sum(item.wide.shape[0] for item in group)
+            shape = Group(count, rows, cols, steps, jnp.dtype(ns_dtype or dtype))
+            chosen = choose_strategy(shape, where)
+        if chosen == "sharded" and cols % where.size:
+            chosen = "replicate"  # the long axis does not divide over the devices
+        STRATEGIES[chosen].run(group, where)
+
+    out = []
+    for item in items:
+        polar = item.polar
+        if item.prepared is not item.grad and where.explicit:
+            polar = where.constrain(polar, PartitionSpec())
+        lmo = lmo_from_wide_polar(item.norm, polar, item.prepared)
+        out.append(where.restore(lmo, item.grad))
+    return out
