@@ -391,3 +391,45 @@ def test_training_loop_on_auto_mesh_keeps_layouts_and_compiles_once(compiles, co
     assert counter.count == 0
     assert_same_layout(p, params)
     assert_same_layout(s[0].average, params)
+
+
+def test_flax_nnx_optimizer_on_auto_mesh_keeps_layouts_and_compiles_once(compiles):
+    # nnx.Optimizer initializes with nnx.Variable leaves (paths ending in .value) and updates
+    # with plain arrays: the layouts recorded at init must still be found.
+    import flax.nnx as nnx
+
+    mesh = make_mesh("2d", AxisType.Auto)
+    model = nnx.Sequential(
+        nnx.Linear(32, 64, rngs=nnx.Rngs(0)), jax.nn.relu, nnx.Linear(64, 32, rngs=nnx.Rngs(1))
+    )
+    specs = {
+        "layers/0/kernel": P("data", "model"),
+        "layers/2/kernel": P("model", "data"),
+        "layers/0/bias": P(),
+        "layers/2/bias": P(),
+    }
+    for path, variable in nnx.iter_graph(model):
+        key = "/".join(map(str, path))
+        if key in specs:
+            variable[...] = jax.device_put(variable[...], NamedSharding(mesh, specs[key]))
+    with jax.set_mesh(mesh):  # nnx.Optimizer's own step counter is made on the mesh
+        opt = nnx.Optimizer(model, lmo_optax.scion(0.05, "mlp"), wrt=nnx.Param)
+    x = jnp.cos(jnp.arange(8 * 32, dtype=jnp.float32)).reshape(8, 32)
+
+    @nnx.jit
+    def train_step(model, opt):
+        grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        opt.update(model, grads)
+
+    train_step(model, opt)
+    with compiles() as counter:
+        train_step(model, opt)
+    assert counter.count == 0
+    state = {"model": nnx.state(model, nnx.Param), "opt": nnx.state(opt, nnx.OptState)}
+    checked = 0
+    for path, leaf in lmo_optax.paths.flatten_with_paths(state)[0]:
+        key = path.removeprefix("model/").removeprefix("opt/opt_state/0/average/")
+        if key in specs:
+            assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, specs[key]), leaf.ndim)
+            checked += 1
+    assert checked == 2 * len(specs)  # each parameter and its averaged gradient
