@@ -433,3 +433,22 @@ def test_flax_nnx_optimizer_on_auto_mesh_keeps_layouts_and_compiles_once(compile
             assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, specs[key]), leaf.ndim)
             checked += 1
     assert checked == 2 * len(specs)  # each parameter and its averaged gradient
+
+
+def test_param_layouts_record_only_auto_axes_over_several_devices():
+    auto, explicit = make_mesh("1d", AxisType.Auto), make_mesh("1d", AxisType.Explicit)
+    one = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+    f32 = jnp.float32
+    params = {
+        "auto": jax.ShapeDtypeStruct((8, 4), f32, sharding=NamedSharding(auto, P("data"))),
+        "explicit": jax.ShapeDtypeStruct((8, 4), f32, sharding=NamedSharding(explicit, P("data"))),
+        "one_device": jax.ShapeDtypeStruct((8, 4), f32, sharding=NamedSharding(one, P("data"))),
+        "plain": jnp.ones((8, 4)),
+    }
+    layouts = lmo_optax.layouts.ParamLayouts()
+    layouts.record(params)
+    assert layouts.sharding("auto", (8, 4)) == params["auto"].sharding
+    assert layouts.sharding("auto", (4, 8)) is None  # keyed by path and shape
+    for name in ("explicit", "one_device", "plain"):
+        assert layouts.sharding(name, (8, 4)) is None, name
+    assert layouts.replicated() == NamedSharding(auto, P())
