@@ -11,6 +11,7 @@ are checked against what each strategy promises (which arrays move, how many byt
 import collections
 import math
 import re
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -296,6 +297,12 @@ def test_sharded_strategy_rejects_pmap_axis():
     x = jnp.ones((8, 16, 16))
     with pytest.raises(ValueError, match="sharded"):
         jax.pmap(lambda g: tx.update(g, optax.EmptyState())[0], axis_name="batch")(x)
+
+
+def test_strategy_names_have_one_source():
+    # The Literal type for hints lists what the table of strategies holds, "auto" first.
+    assert typing.get_args(lmo_optax.strategies.StrategyName) == lmo_optax.strategies.STRATEGY_NAMES
+    assert lmo_optax.strategies.STRATEGY_NAMES == ("auto", *lmo_optax.strategies.STRATEGIES)
 
 
 def test_unknown_strategy_is_rejected_at_construction():
