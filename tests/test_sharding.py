@@ -82,8 +82,8 @@ def make_params():
 
 def as_jax_spells_it(spec: P, ndim: int, axis_type: AxisType) -> P:
     """The spelling of ``spec`` that jit gives its outputs: one entry per axis under Explicit
-    axes (the type's spelling), no trailing Nones under Auto (the compiler's). jit caches on
-    the spelling, so inputs spelled otherwise recompile once when outputs are fed back."""
+    axes (the type's spelling), no trailing Nones under Auto (the compiler's), so that inputs
+    and fed-back outputs are the same arguments to jit."""
     entries = list(spec) + [None] * (ndim - len(spec))
     if axis_type == AxisType.Auto:
         while entries and entries[-1] is None:
