@@ -7,7 +7,7 @@ target is AdamW's final validation loss (mean of its 3 seeds); for each optimize
 the steps its validation curve needs to reach it (linear interpolation between evaluations,
 mean over seeds) and the ratio to AdamW's. The paper's claim: Scion needs ≤ 0.8× AdamW's steps.
 
-Also the memory-light variant (issue item 6): Scion with its averaged gradient in bfloat16,
+Also the memory-light variant: Scion with its averaged gradient in bfloat16,
 at Scion's best learning rate, 3 seeds: its curve against the float32 one.
 
 Runs are cached (``benchmarks/results/runs/convergence/``): an interrupted sweep resumes, and

@@ -299,8 +299,8 @@ def _memory_light(results: Path, rel: str, quick: bool) -> list[str]:
     same = abs(difference) <= 2 * noise if noise > 0 else None
     lines = [
         "Scion with `state_dtype=bfloat16` keeps its one averaged-gradient buffer in 2 bytes "
-        "per parameter (the average is still computed in float32). Same runs as item 4, at "
-        "Scion's best learning rate, same seeds:",
+        "per parameter (the average is still computed in float32). Same runs as the convergence "
+        "benchmark, at Scion's best learning rate, same seeds:",
         "",
         "| variant | final val (mean ± std) | steps to AdamW's final |",
         "|---|---|---|",
@@ -323,12 +323,12 @@ def _memory_light(results: Path, rel: str, quick: bool) -> list[str]:
         a, b = rows["scion"], rows["scion (bf16 state)"]
         lines += [
             "",
-            f"Memory (item 2, `{mem['config']}`): optimizer state "
+            f"Memory (step-memory benchmark, `{mem['config']}`): optimizer state "
             f"{a['optimizer_state'] / 2**20:.1f} → {b['optimizer_state'] / 2**20:.1f} MB "
             f"({a['state_bytes_per_param']:.0f} → "
             f"{b['state_bytes_per_param']:.0f} B/param); estimated peak of a batch-1 step "
             f"{a['peak_estimate'] / 2**20:,.1f} → {b['peak_estimate'] / 2**20:,.1f} MB. The "
-            "curves of both variants are in item 4's plot (they overlap).",
+            "curves of both variants are in the convergence plot (they overlap).",
         ]
     return lines
 

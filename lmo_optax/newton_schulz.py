@@ -1,6 +1,6 @@
 """Newton–Schulz orthogonalization: G = U Σ Vᵀ ↦ ≈ U Vᵀ, the heart of the spectral LMO.
 
-ALGORITHM.md §5. Each step applies the odd quintic p(x) = a·x + b·x³ + c·x⁵ to the singular
+Each step applies the odd quintic p(x) = a·x + b·x³ + c·x⁵ to the singular
 values of X, computed with matrix products only:
 
     A = X Xᵀ;  B = b·A + c·A A;  X = a·X + B X          (4m²n + 2m³ FLOPs for m ≤ n)
@@ -61,7 +61,7 @@ class CoefficientTable:
         return listed + (self.steps[-1],) * (num_steps - len(listed))
 
 
-# ALGORITHM.md §5 table. Jordan: the quintic of Muon (modded-nanogpt), one triple for all steps.
+# The coefficient tables. Jordan: the quintic of Muon (modded-nanogpt), one triple for all steps.
 JORDAN = CoefficientTable("jordan", ((3.4445, -4.7750, 2.0315),))
 # You / Cesista: five triples tuned for five steps (optax's "dion" preset).
 YOU = CoefficientTable(
@@ -264,15 +264,16 @@ def orthogonalize(
       steps: number of Newton–Schulz steps.
       dtype: computation dtype; defaults to float32 (or float64 for float64 input). The
         result is cast back to ``g.dtype``.
-      method: ``"standard"`` iterates on X (ALGORITHM.md §5); ``"gram"`` iterates on the small
+      method: ``"standard"`` iterates on X (the module doc); ``"gram"`` iterates on the small
         Gram matrix, the same polynomial with fewer FLOPs for rectangular matrices;
         ``"auto"`` (default) takes whichever needs fewer FLOPs (standard in 16-bit dtypes).
       matmul: how products are formed (see :data:`Matmul`); None multiplies plainly. Used by
         ``lmo_optax.strategies`` to give each product an output sharding.
 
     Returns:
-      An array of ``g``'s shape and dtype whose matrices have singular values near one (within
-      the bands of ALGORITHM.md §5) and the singular vectors of ``g``; zero maps to zero.
+      An array of ``g``'s shape and dtype whose matrices have singular values near one (for Polar
+      Express at 5 steps, within [0.84, 1.12] for σ/‖G‖_F ∈ [1e-3, 1]) and the singular
+      vectors of ``g``; zero maps to zero.
 
     Example:
       >>> import jax.numpy as jnp

@@ -1,8 +1,8 @@
 """Norms, their unit-ball LMOs, dual norms and boundary initializations, in Flax layout.
 
-ALGORITHM.md §3 (the paper's Table 2 and Recommendation 3.1). A Flax kernel K has shape
-(d_in, d_out) and acts as y = x @ K. Every norm here is the *unit-ball* version; the radius
-ρ_ℓ of a parameter is attached by the rules (``lmo_optax.rules``). For every norm:
+Pethick et al., arXiv:2502.07529: the paper's Table 2 and Recommendation 3.1. A Flax kernel
+K has shape (d_in, d_out) and acts as y = x @ K. Every norm here is the *unit-ball* version;
+the radius ρ_ℓ of a parameter is attached by the rules (``lmo_optax.rules``). For every norm:
 
 * ``lmo(g)`` ∈ argmin_{‖x‖ ≤ 1} ⟨g, x⟩: descent sign, same shape and dtype as g, lmo(0) = 0;
 * ``norm(lmo(g)) = 1`` for g ≠ 0 and ``⟨g, lmo(g)⟩ = −dual_norm(g)``;
@@ -281,7 +281,7 @@ class SpectralConv(Spectral):
     """Spectral norm of a convolution kernel in Flax HWIO layout (…spatial, c_in, c_out).
 
     The (k₁·…·k_s·c_in, c_out) matrix is orthogonalized, as in the reference ``SpectralConv``,
-    and scaled by √(c_out/c_in)/(k₁·…·k_s) (ALGORITHM.md §3; /k for 1-D, /(kh·kw) for 2-D).
+    and scaled by √(c_out/c_in)/(k₁·…·k_s) (/k for 1-D, /(kh·kw) for 2-D).
     The reduction and output axes are fixed by the layout: spatial axes and c_in reduce.
     """
 

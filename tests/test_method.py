@@ -73,7 +73,8 @@ def test_scg_iterates_never_leave_the_ball(gamma):
 
 def test_scg_with_newton_schulz_stays_within_the_band():
     """With Newton–Schulz the LMO's spectral norm is at most the table's upper band (1.12
-    for Polar Express at 5 steps, ALGORITHM.md §5), so SCG stays within that factor of ρ."""
+    for Polar Express at 5 steps, see tests/test_newton_schulz.py), so SCG stays within that
+    factor of ρ."""
     rules = [Rule("*", lmo_optax.Spectral(), 2.0)]
     params = lmo_optax.init_on_ball(jax.random.key(0), {"w": jnp.zeros((16, 8))}, rules)
     opt = lmo_optax.scion(0.5, rules)

@@ -1,9 +1,10 @@
-"""Newton–Schulz orthogonalization against ALGORITHM.md §5.
+"""Newton–Schulz orthogonalization against float64 references written here.
 
 Test matrices have a prescribed spectrum: G = U·diag(r)·Vᵀ with U, V random orthonormal (QR of
 Gaussians, float64) and ‖G‖_F = 1 before a random overall scale, so r_i = σ_i/‖G‖_F exactly and
-the ratios cover the design interval [1e-3, 1] of the §5 tables. Coefficient tables are copied
-here from ALGORITHM.md, not taken from the library.
+the ratios cover the design interval [1e-3, 1] of the tables. Coefficient tables are copied
+here from their sources (Muon's modded-nanogpt quintic; You/Cesista; Polar Express, Amsel et
+al. 2025; CANS, Grishina et al. 2025), not taken from the library.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from lmo_optax import COEFFICIENT_TABLES, CoefficientTable, coefficient_table, orthogonalize
 from lmo_optax import newton_schulz as ns
 
-# ALGORITHM.md §5, verbatim. Polar Express divides by 1.01·‖G‖_F; the others by ‖G‖_F.
+# The published coefficients, verbatim. Polar Express divides by 1.01·‖G‖_F; the others by ‖G‖_F.
 SPEC_TABLES = {
     "jordan": [(3.4445, -4.7750, 2.0315)],
     "you": [
@@ -48,7 +49,8 @@ SPEC_TABLES = {
 }
 SPEC_SAFETY = {"jordan": 1.0, "you": 1.0, "polar_express": 1.01, "cans": 1.0}
 
-# ALGORITHM.md §5: output singular values for σ/‖G‖_F ∈ [1e-3, 1], exact arithmetic.
+# Output singular values for σ/‖G‖_F ∈ [1e-3, 1] in exact arithmetic (the composite
+# polynomial evaluated on a fine grid).
 BANDS = {
     ("polar_express", 5): (0.84, 1.12),
     ("jordan", 5): (0.47, 1.20),
@@ -69,7 +71,7 @@ METHODS = ["auto", "standard", "gram"]
 
 
 def spec_schedule(name: str, steps: int) -> list[tuple[float, float, float]]:
-    """The §5 schedule: listed triples in order, the last one repeating."""
+    """The schedule: listed triples in order, the last one repeating."""
     listed = SPEC_TABLES[name]
     return [listed[min(i, len(listed) - 1)] for i in range(steps)]
 
@@ -143,7 +145,7 @@ def run(g, **kw) -> np.ndarray:
 
 
 def numpy_newton_schulz(g: np.ndarray, schedule, safety: float = 1.0) -> np.ndarray:
-    """ALGORITHM.md §5 in float64: X = G/(s·‖G‖_F) on the wide orientation, then
+    """Newton–Schulz in float64: X = G/(s·‖G‖_F) on the wide orientation, then
     A = X Xᵀ; B = b·A + c·A A; X = a·X + B X."""
     x = np.asarray(g, np.float64)
     tall = x.shape[0] > x.shape[1]
@@ -161,7 +163,7 @@ SEEDS = [0, 1]
 
 
 # --------------------------------------------------------------------------------------------
-# 1. Singular values within the §5 bands; singular vectors preserved
+# 1. Singular values within the published bands; singular vectors preserved
 # --------------------------------------------------------------------------------------------
 
 
@@ -202,7 +204,7 @@ def test_singular_values_within_band(name, steps, method):
 def test_output_is_the_polynomial_of_the_singular_values(shape, method):
     """O = U·diag(P(r))·Vᵀ: the singular vectors are kept (UᵀOV is diagonal, nothing outside
     span U ⊗ span V) and each singular value is mapped by the composite polynomial P of the
-    §5 table, to float32 accuracy (see float32_tolerance)."""
+    table, to float32 accuracy (see float32_tolerance)."""
     bad = []
     for name, steps in BANDS:
         tol = float32_tolerance(name, steps)
@@ -228,7 +230,7 @@ def test_output_is_the_polynomial_of_the_singular_values(shape, method):
 @pytest.mark.parametrize("method", ["standard", "gram"])
 def test_matches_the_float64_iteration_on_the_design_interval(method):
     """Both methods evaluate the same polynomial of X, so on inputs inside the tables' design
-    interval each must match the float64 NumPy iteration of §5 to float32 accuracy (see
+    interval each must match the float64 NumPy iteration to float32 accuracy (see
     float32_tolerance)."""
     bad = []
     for shape in (WIDE, TALL):

@@ -1,8 +1,8 @@
 """Property-based tests of every norm: its unit-ball LMO, norm, dual norm and boundary init.
 
-The properties are those of ALGORITHM.md §1 (scale invariance, ‖lmo(g)‖ = 1, ⟨g, lmo(g)⟩ =
-−‖g‖_*, lmo(0) = 0) and the closed forms of §3, checked against a float64 NumPy reference written
-here from the formulas of ALGORITHM.md (never from the library).
+The properties are those of an LMO (scale invariance, ‖lmo(g)‖ = 1, ⟨g, lmo(g)⟩ =
+−‖g‖_*, lmo(0) = 0) and the closed forms of Table 2 of Pethick et al. (arXiv:2502.07529), checked
+against a float64 NumPy reference written here from those formulas (never from the library).
 
 Shapes: every compiled shape costs XLA compile time (about 0.1–1.5 s per new shape and op set on
 a small CPU), so each case draws its shape from a short pool instead of from all of 1..24. The
@@ -32,7 +32,7 @@ from lmo_optax import RMS, Auto, ColNorm, Linf, Norm, RowNorm, Sign, Spectral, S
 SETTINGS = settings(max_examples=20, deadline=None)
 FEW = settings(max_examples=6, deadline=None)
 
-# ALGORITHM.md §5, Polar Express (the library default) at 5 steps: for σ/‖G‖_F ∈ [1e-3, 1] the
+# Polar Express (the library default) at 5 steps: for σ/‖G‖_F ∈ [1e-3, 1] the
 # output singular values lie in [0.84, 1.12] in exact arithmetic (the composite polynomial, with
 # the 1.01 safety factor, evaluates to [0.8402, 1.1236] on that interval). Below 1e-3 the
 # polynomial is increasing from p(0) = 0, so it stays in [0, 0.84]; above, nothing is below 0.
@@ -41,7 +41,7 @@ NS_LO, NS_HI, NS_SIGMA_MIN, SLACK = 0.84, 1.12, 1e-3, 0.01
 
 
 # --------------------------------------------------------------------------------------------
-# float64 NumPy references, from the formulas of ALGORITHM.md §3 (Flax layout, K is d_in × d_out)
+# float64 NumPy references, from the paper's Table 2 (Flax layout, K is d_in × d_out)
 # --------------------------------------------------------------------------------------------
 
 
@@ -93,7 +93,7 @@ def last_axis_vectors(x):  # RMS(axes=-1): one vector per row
     return x.reshape(-1, x.shape[-1])
 
 
-# Dimension factors of ALGORITHM.md §3, from the stack shape (B, d_in, d_out) or (B, n) and the
+# Dimension factors of the paper's Table 2, from the stack shape (B, d_in, d_out) or (B, n) and the
 # tensor shape.
 def spectral_factor(stack, shape):  # √(d_out/d_in)
     return math.sqrt(stack[-1] / stack[-2])
@@ -348,7 +348,7 @@ def svd_tolerance(case: Case, g: np.ndarray) -> float:
 
 
 def in_range_sigmas(case: Case, g: np.ndarray):
-    """Singular values per matrix and a mask of those inside the §5 design interval."""
+    """Singular values per matrix and a mask of those inside the tables' design interval."""
     s = np.linalg.svd(case.to_ref(g.astype(np.float64)), compute_uv=False)
     fro = np.sqrt(np.sum(s**2, axis=-1, keepdims=True))
     return s, s / fro >= NS_SIGMA_MIN
@@ -451,7 +451,7 @@ def test_zero_matrix_in_a_batch_gives_zero_only_there():
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Equality with the float64 NumPy reference of ALGORITHM.md §3
+# 5. Equality with the float64 NumPy reference of the paper's Table 2
 # --------------------------------------------------------------------------------------------
 
 
@@ -481,7 +481,7 @@ def test_matches_float64_reference(case, data):
 
 @pytest.mark.parametrize("case", SPECTRAL_CASES, ids=ids(SPECTRAL_CASES))
 def test_spectral_factor_matches_algorithm_md(case):
-    """The library's dimension factor of each spectral layout equals ALGORITHM.md §3's."""
+    """The library's dimension factor of each spectral layout equals the paper's Table 2."""
     for shape in case.shapes:
         assert case.norm.scale(shape) == pytest.approx(case.scale(shape))
 
