@@ -206,3 +206,28 @@ def test_flax_nnx_optimizer_end_to_end(optimizer):
     for _ in range(60):
         last = float(train_step(model, opt))
     assert last < 0.5 * first, (first, last)
+
+
+def test_one_liner_options_match_their_stages():
+    """Every option of ``scion`` has the name, default and type of the stage it goes to."""
+    import inspect
+
+    one_liner = inspect.signature(lmo_optax.scion).parameters
+    stages = [
+        (lmo_optax.average_gradients, {"gradient_weight"}),
+        (lmo_optax.scale_by_lmo, set()),
+        (lmo_optax.scion_step, set()),
+    ]
+    forwarded = set()
+    for stage, positional in stages:
+        for name, p in inspect.signature(stage).parameters.items():
+            mine = one_liner[name]
+            assert mine.default == p.default, (stage.__name__, name, mine.default, p.default)
+            assert mine.annotation == p.annotation, (stage.__name__, name, mine.annotation)
+            if name not in positional:
+                assert mine.kind in (p.kind, inspect.Parameter.KEYWORD_ONLY), name
+            forwarded.add(name)
+    assert forwarded == set(one_liner), set(one_liner) ^ forwarded
+    # unconstrained_scion is scion with constrained=False, nothing else.
+    assert lmo_optax.unconstrained_scion.func is lmo_optax.scion
+    assert lmo_optax.unconstrained_scion.keywords == {"constrained": False}
