@@ -304,12 +304,50 @@ class SpectralConv(Spectral):
 
 
 # --------------------------------------------------------------------------------------------
-# ColNorm: 1 → RMS. Row i of K (input unit i): lmo = −√d_out · g[i,:]/‖g[i,:]‖₂
+# ColNorm, RowNorm and RMS share one shape: the max over groups of a scaled ℓ2 norm.
+# ‖W‖ = max_group ‖W_group‖₂ / c, lmo = −c · g_group/‖g_group‖₂, dual = c · Σ_group ‖g_group‖₂
 # --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class ColNorm(MatrixNorm):
+class GroupedL2(Norm):
+    """Base of the norms that are a max over groups of entries of a scaled ℓ2 norm.
+
+    A subclass names the axes one ℓ2 norm runs over (:meth:`l2_axes`; the other axes index the
+    groups) and the factor c (:meth:`scale`). Then ‖W‖ = max_group ‖W_group‖₂/c, the LMO is
+    −c · g_group/‖g_group‖₂ in every group (0 where g_group = 0), the dual norm is
+    c · Σ_group ‖g_group‖₂, and the boundary init is c · z_group/‖z_group‖₂ for Gaussian z.
+    """
+
+    def l2_axes(self, shape: Shape) -> Axes:
+        """The axes that one ℓ2 norm runs over."""
+        raise NotImplementedError
+
+    def group_norms(self, x: jax.Array) -> jax.Array:
+        """‖x_group‖₂ of every group (keepdims), in at least float32."""
+        return _l2(x.astype(_compute_dtype(x)), self.l2_axes(x.shape))
+
+    def lmo(self, g: jax.Array) -> jax.Array:
+        x = g.astype(_compute_dtype(g))
+        return (-self.scale(g.shape) * _safe_divide(x, self.group_norms(g))).astype(g.dtype)
+
+    def norm(self, w: jax.Array) -> jax.Array:
+        return jnp.max(self.group_norms(w)) / self.scale(w.shape)
+
+    def dual_norm(self, g: jax.Array) -> jax.Array:
+        return jnp.sum(self.group_norms(g)) * self.scale(g.shape)
+
+    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        self.check(shape)
+        z = jax.random.normal(key, shape)
+        return (self.scale(shape) * _safe_divide(z, self.group_norms(z))).astype(dtype)
+
+
+# ColNorm: 1 → RMS. Row i of K (input unit i): lmo = −√d_out · g[i,:]/‖g[i,:]‖₂
+
+
+@dataclasses.dataclass(frozen=True)
+class ColNorm(GroupedL2, MatrixNorm):
     """1→RMS operator norm: ‖W‖ = max_i ‖W[i,:]‖₂/√d_out over input units i.
 
     The paper's "columns" (of A = Kᵀ) are the rows of a Flax kernel: the outgoing weights of one
@@ -322,37 +360,19 @@ class ColNorm(MatrixNorm):
 
     fan_in_scaled: bool = False
 
+    def l2_axes(self, shape: Shape) -> Axes:
+        return self.axes(shape)[1]  # one ℓ2 norm over the outputs of each input unit
+
     def scale(self, shape: Shape) -> float:
         d_in, d_out = self.dims(shape)
         return math.sqrt(d_out) / (d_in if self.fan_in_scaled else 1)
 
-    def _row_norms(self, x: jax.Array) -> jax.Array:
-        _, out, _ = self.axes(x.shape)
-        return _l2(x.astype(_compute_dtype(x)), out)
 
-    def lmo(self, g: jax.Array) -> jax.Array:
-        x = g.astype(_compute_dtype(g))
-        return (-self.scale(g.shape) * _safe_divide(x, self._row_norms(g))).astype(g.dtype)
-
-    def norm(self, w: jax.Array) -> jax.Array:
-        return jnp.max(self._row_norms(w)) / self.scale(w.shape)
-
-    def dual_norm(self, g: jax.Array) -> jax.Array:
-        return jnp.sum(self._row_norms(g)) * self.scale(g.shape)
-
-    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        self.check(shape)
-        z = jax.random.normal(key, shape)
-        return (self.scale(shape) * _safe_divide(z, self._row_norms(z))).astype(dtype)
-
-
-# --------------------------------------------------------------------------------------------
 # RowNorm: RMS → ∞. Column j of K (output unit j): lmo = −(1/√d_in) · g[:,j]/‖g[:,j]‖₂
-# --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class RowNorm(MatrixNorm):
+class RowNorm(GroupedL2, MatrixNorm):
     """RMS→∞ operator norm: ‖W‖ = √d_in · max_j ‖W[:,j]‖₂ over output units j.
 
     The paper's "rows" (of A = Kᵀ) are the columns of a Flax kernel: the incoming weights of one
@@ -365,28 +385,12 @@ class RowNorm(MatrixNorm):
 
     fan_in_scaled: bool = True
 
+    def l2_axes(self, shape: Shape) -> Axes:
+        return self.axes(shape)[0]  # one ℓ2 norm over the inputs of each output unit
+
     def scale(self, shape: Shape) -> float:
         d_in, _ = self.dims(shape)
         return 1 / math.sqrt(d_in) if self.fan_in_scaled else 1.0
-
-    def _col_norms(self, x: jax.Array) -> jax.Array:
-        red, _, _ = self.axes(x.shape)
-        return _l2(x.astype(_compute_dtype(x)), red)
-
-    def lmo(self, g: jax.Array) -> jax.Array:
-        x = g.astype(_compute_dtype(g))
-        return (-self.scale(g.shape) * _safe_divide(x, self._col_norms(g))).astype(g.dtype)
-
-    def norm(self, w: jax.Array) -> jax.Array:
-        return jnp.max(self._col_norms(w)) / self.scale(w.shape)
-
-    def dual_norm(self, g: jax.Array) -> jax.Array:
-        return jnp.sum(self._col_norms(g)) * self.scale(g.shape)
-
-    def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        self.check(shape)
-        z = jax.random.normal(key, shape)
-        return (self.scale(shape) * _safe_divide(z, self._col_norms(z))).astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,7 +450,7 @@ class Linf(Sign):
 
 
 @dataclasses.dataclass(frozen=True)
-class RMS(Norm):
+class RMS(GroupedL2):
     """RMS norm ‖z‖₂/√n over ``axes``; LMO −√n · g/‖g‖₂.
 
     Attributes:
@@ -461,7 +465,7 @@ class RMS(Norm):
     axes: int | Sequence[int] | None = None
     init_value: Literal["zeros", "ones", "sphere"] = "zeros"
 
-    def _axes(self, shape: Shape) -> Axes:
+    def l2_axes(self, shape: Shape) -> Axes:
         ndim = len(shape)
         if self.axes is None:
             return tuple(range(ndim))
@@ -471,38 +475,21 @@ class RMS(Norm):
         return tuple(sorted({a % ndim for a in axes}))
 
     def check(self, shape: Shape) -> None:
-        self._axes(shape)
+        self.l2_axes(shape)
         if self.init_value not in ("zeros", "ones", "sphere"):
             raise ValueError(
                 f"RMS init_value must be zeros, ones or sphere, got {self.init_value!r}"
             )
 
-    def _size(self, shape: Shape) -> int:
-        return math.prod(shape[a] for a in self._axes(shape))
-
     def scale(self, shape: Shape) -> float:
-        return math.sqrt(self._size(shape))
-
-    def _l2(self, x: jax.Array) -> jax.Array:
-        return _l2(x.astype(_compute_dtype(x)), self._axes(x.shape))
-
-    def lmo(self, g: jax.Array) -> jax.Array:
-        x = g.astype(_compute_dtype(g))
-        return (-self.scale(g.shape) * _safe_divide(x, self._l2(g))).astype(g.dtype)
-
-    def norm(self, w: jax.Array) -> jax.Array:
-        return jnp.max(self._l2(w)) / self.scale(w.shape)
-
-    def dual_norm(self, g: jax.Array) -> jax.Array:
-        return jnp.sum(self._l2(g)) * self.scale(g.shape)
+        return math.sqrt(math.prod(shape[a] for a in self.l2_axes(shape)))
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         if self.init_value == "zeros":
             return jnp.zeros(shape, dtype)
         if self.init_value == "ones":
             return jnp.ones(shape, dtype)
-        z = jax.random.normal(key, shape)
-        return (self.scale(shape) * _safe_divide(z, self._l2(z))).astype(dtype)
+        return super().init(key, shape, dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -113,10 +113,6 @@ class Rule:
             return re.search(self.pattern, path) is not None
         return fnmatch.fnmatchcase(path, self.pattern)
 
-    def scaled(self, factor: float) -> Rule:
-        """The same rule with its radius multiplied by ``factor``."""
-        return dataclasses.replace(self, radius=self.radius * factor)
-
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
@@ -138,10 +134,6 @@ RulesLike = str | Sequence[Rule] | None
 
 def _natural_key(path: str) -> list[Any]:
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path) if t]
-
-
-def _is_leaf(x: Any) -> bool:
-    return x is None
 
 
 def resolve_rules(rules: RulesLike) -> tuple[Rule, ...]:

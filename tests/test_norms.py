@@ -282,7 +282,6 @@ CASES = [
     Case("rms_last_axis", RMS(axes=-1), ((7,), (24, 7)), last_axis_vectors, "vectors", rms_factor),
     Case("linf", Linf(), ((), (24, 7), (3, 24, 7)), whole_vector, "sign", one),
 ]
-NS_CASES = [c for c in CASES if c.newton_schulz]
 SPECTRAL_CASES = [c for c in CASES if c.kind == "spectral"]
 INIT_CASES = [c for c in CASES if not isinstance(c.norm, RMS)]  # RMS: test_rms_init_values
 
