@@ -7,6 +7,8 @@ values of X, computed with matrix products only:
 
 after normalizing X = G / (s·‖G‖_F) so that every singular value is at most one (s ≥ 1 is the
 table's safety factor). Matrices are the last two axes; leading axes are batch axes.
+``docs/algorithm.md`` §5 derives the iteration, gives each coefficient table's source (§5.3),
+the singular-value bands the tests assert (§5.4) and the Gram iteration with its restart (§5.5).
 
 >>> import jax, jax.numpy as jnp
 >>> g = jax.random.normal(jax.random.key(0), (64, 32))
@@ -194,7 +196,8 @@ def _gram_iteration(
     the first, steep steps amplify; so after ``GRAM_RESTART`` steps X is formed and A is
     recomputed from it (the "one restart"), which brings the error back to that of the
     standard iteration (≈2e-5 vs 1e-5 relative, against 1e-3 without it). Cost for an m×n
-    matrix (m ≤ n) over T steps: 8m²n + (8T − 12)m³ FLOPs instead of T(4m²n + 2m³), a third
+    matrix (m ≤ n) over T > ``GRAM_RESTART`` steps: 8m²n + (8T − 12)m³ FLOPs (4m²n + (8T − 6)m³
+    for T ≤ ``GRAM_RESTART``; :func:`newton_schulz_flops`) instead of T(4m²n + 2m³), a third
     less for GPT's (d, 4d) MLP matrices at T = 5. Tall matrices use XᵀX and X·Q, so no
     transpose is materialized.
     """

@@ -1,6 +1,7 @@
 """Norms, their unit-ball LMOs, dual norms and boundary initializations, in Flax layout.
 
-Pethick et al., arXiv:2502.07529: the paper's Table 2 and Recommendation 3.1. A Flax kernel
+Pethick et al., arXiv:2502.07529: the paper's Table 2 and Recommendation 3.1; every formula
+here is derived in ``docs/algorithm.md`` §1 and §3 (one subsection per norm). A Flax kernel
 K has shape (d_in, d_out) and acts as y = x @ K. Every norm here is the *unit-ball* version;
 the radius ρ_ℓ of a parameter is attached by the rules (``lmo_optax.rules``). For every norm:
 
@@ -166,7 +167,7 @@ class MatrixNorm(Norm):
 
 
 # --------------------------------------------------------------------------------------------
-# Spectral: RMS → RMS operator norm. lmo(g) = −√(d_out/d_in) · U Vᵀ  (paper Table 2)
+# Spectral: RMS → RMS operator norm. lmo(g) = −√(d_out/d_in) · U Vᵀ  (paper Table 2; §3.3)
 # --------------------------------------------------------------------------------------------
 
 
@@ -304,7 +305,7 @@ class SpectralConv(Spectral):
 
 
 # --------------------------------------------------------------------------------------------
-# ColNorm, RowNorm and RMS share one shape: the max over groups of a scaled ℓ2 norm.
+# ColNorm, RowNorm and RMS share one shape: the max over groups of a scaled ℓ2 norm (§3.2).
 # ‖W‖ = max_group ‖W_group‖₂ / c, lmo = −c · g_group/‖g_group‖₂, dual = c · Σ_group ‖g_group‖₂
 # --------------------------------------------------------------------------------------------
 
@@ -343,7 +344,7 @@ class GroupedL2(Norm):
         return (self.scale(shape) * _safe_divide(z, self.group_norms(z))).astype(dtype)
 
 
-# ColNorm: 1 → RMS. Row i of K (input unit i): lmo = −√d_out · g[i,:]/‖g[i,:]‖₂
+# ColNorm: 1 → RMS. Row i of K (input unit i): lmo = −√d_out · g[i,:]/‖g[i,:]‖₂  (§3.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,7 +369,7 @@ class ColNorm(GroupedL2, MatrixNorm):
         return math.sqrt(d_out) / (d_in if self.fan_in_scaled else 1)
 
 
-# RowNorm: RMS → ∞. Column j of K (output unit j): lmo = −(1/√d_in) · g[:,j]/‖g[:,j]‖₂
+# RowNorm: RMS → ∞. Column j of K (output unit j): lmo = −(1/√d_in) · g[:,j]/‖g[:,j]‖₂  (§3.6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,7 +395,7 @@ class RowNorm(GroupedL2, MatrixNorm):
 
 
 # --------------------------------------------------------------------------------------------
-# Sign: 1 → ∞ (max-entry) norm. lmo = −(1/d_in)·sign(g) on hidden/output layers, −sign(g) else
+# Sign (§3.7): 1 → ∞, the max entry. lmo = −(1/d_in)·sign(g) on hidden/output layers, else −sign(g)
 # --------------------------------------------------------------------------------------------
 
 
@@ -445,7 +446,7 @@ class Linf(Sign):
 
 
 # --------------------------------------------------------------------------------------------
-# RMS: ‖z‖_RMS = ‖z‖₂/√n. lmo = −g/‖g‖_RMS (biases, norm gains, positional embeddings)
+# RMS (§3.8): ‖z‖_RMS = ‖z‖₂/√n. lmo = −g/‖g‖_RMS (biases, norm gains, positional embeddings)
 # --------------------------------------------------------------------------------------------
 
 
@@ -493,7 +494,7 @@ class RMS(GroupedL2):
 
 
 # --------------------------------------------------------------------------------------------
-# Auto: the reference's shape-based default
+# Auto (§3.9): the reference's shape-based default
 # --------------------------------------------------------------------------------------------
 
 

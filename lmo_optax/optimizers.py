@@ -1,7 +1,7 @@
 """One-line optimizers: Scion (constrained SCG) and unconstrained Scion (uSCG).
 
 Both are ``optax.chain(average_gradients, scale_by_lmo, scion_step)`` (the stages are in
-:mod:`lmo_optax.transforms`; the mathematics in ``docs/algorithm.md`` §2). :func:`scion` has
+:mod:`lmo_optax.transforms`; the mathematics in ``docs/algorithm.md`` §2.5). :func:`scion` has
 every option once; ``unconstrained_scion`` is ``scion`` with ``constrained=False``, the way
 optax defines ``nadamw`` from ``adamw``. Each option keeps the name, default and type of the
 stage it is passed to (a test compares the signatures), so it is documented there.
@@ -89,7 +89,7 @@ unconstrained_scion = functools.partial(scion, constrained=False)
 unconstrained_scion.__doc__ = """Unconstrained Scion (uSCG): x_ℓ ← x_ℓ + γ·ρ_ℓ·lmo_ℓ(d_ℓ).
 
     :func:`scion` with ``constrained=False``; the same arguments. With Spectral norms on hidden
-    matrices and no Nesterov, this is Muon (up to the radius and the √(d_out/d_in) factor).
+    matrices this is Muon, up to the radius and the √(d_out/d_in) factor (docs/algorithm.md §2.7).
     Each step moves each parameter by exactly γ·ρ_ℓ in its norm (for exact LMOs).
 
     Example:

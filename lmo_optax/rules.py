@@ -6,7 +6,8 @@ pattern (a glob, or a regular expression with ``regex=True``) and shape conditio
 the parameter its norm and radius ρ_ℓ. Assignments depend only on paths and shapes, so they are
 the same for params at ``init`` and for updates at ``update``.
 
-Presets follow the paper's Recommendation 3.1 (first → hidden → last layer):
+Presets follow the paper's Recommendation 3.1 (first → hidden → last layer; radii and the
+reasons for each choice in ``docs/algorithm.md`` §6.2):
 
 =========  ===========================================================================
 preset     norms
@@ -237,6 +238,7 @@ def rules_table(params: Any, rules: RulesLike = None) -> str:
         for a in sorted(assignments, key=lambda a: _natural_key(a.path))
     ]
     header = ("path", "shape", "norm", "radius", "scale", "rule")
+    # Hand-written (eight lines) because the library depends only on jax, optax and numpy.
     widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
     line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
@@ -248,7 +250,8 @@ def print_rules(params: Any, rules: RulesLike = None) -> None:
 
 
 def init_on_ball(key: jax.Array, params: Any, rules: RulesLike = None) -> Any:
-    """New parameters on the boundary of each ball: ρ_ℓ · norm.init (paper App. B.3).
+    """New parameters on the boundary of each ball: ρ_ℓ · norm.init (paper App. B.3; §4 of
+    ``docs/algorithm.md``).
 
     ``params`` gives structure, shapes and dtypes (arrays or ``jax.ShapeDtypeStruct``).
 

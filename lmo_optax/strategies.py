@@ -1,4 +1,4 @@
-"""Sharing the spectral LMO's Newton–Schulz work across devices.
+"""Sharing the spectral LMO's Newton–Schulz work across devices (``docs/algorithm.md`` §5.8).
 
 Newton–Schulz multiplies whole matrices, so on sharded parameters someone must decide where
 each product runs. ``optax.contrib.muon`` leaves it to the compiler: under an Explicit-axis mesh

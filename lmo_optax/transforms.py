@@ -8,6 +8,7 @@
 
 Each stage is an ordinary ``optax.GradientTransformation``, so clipping, schedules,
 ``optax.apply_if_finite``, ``optax.inject_hyperparams`` and ``optax.MultiSteps`` compose with it.
+The mathematics of each stage is in ``docs/algorithm.md`` §2.1–§2.4.
 """
 
 from __future__ import annotations

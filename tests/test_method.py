@@ -1,5 +1,5 @@
 """The method itself: SCG stays in the ball (paper Insight 3.1), uSCG moves each parameter by
-exactly γ·ρ in its norm, and both variants converge on small problems."""
+exactly γ·ρ in its norm, and both variants converge on small problems (docs/algorithm.md §2)."""
 
 import jax
 import jax.numpy as jnp

@@ -4,7 +4,9 @@ Test matrices have a prescribed spectrum: G = U·diag(r)·Vᵀ with U, V random 
 Gaussians, float64) and ‖G‖_F = 1 before a random overall scale, so r_i = σ_i/‖G‖_F exactly and
 the ratios cover the design interval [1e-3, 1] of the tables. Coefficient tables are copied
 here from their sources (Muon's modded-nanogpt quintic; You/Cesista; Polar Express, Amsel et
-al. 2025; CANS, Grishina et al. 2025), not taken from the library.
+al. 2025; CANS, Grishina et al. 2025), not taken from the library. docs/algorithm.md §5 gives
+the sources with their arXiv ids (§5.3), how the bands below are computed (§5.4) and the Gram
+iteration's restart (§5.5).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from lmo_optax import COEFFICIENT_TABLES, CoefficientTable, coefficient_table, o
 from lmo_optax import newton_schulz as ns
 
 # The published coefficients, verbatim. Polar Express divides by 1.01·‖G‖_F; the others by ‖G‖_F.
-SPEC_TABLES = {
+PUBLISHED_TABLES = {
     "jordan": [(3.4445, -4.7750, 2.0315)],
     "you": [
         (4.0848, -6.8946, 2.9270),
@@ -47,7 +49,7 @@ SPEC_TABLES = {
         (2.2737, -1.6447, 0.4162),
     ],
 }
-SPEC_SAFETY = {"jordan": 1.0, "you": 1.0, "polar_express": 1.01, "cans": 1.0}
+PUBLISHED_SAFETY = {"jordan": 1.0, "you": 1.0, "polar_express": 1.01, "cans": 1.0}
 
 # Output singular values for σ/‖G‖_F ∈ [1e-3, 1] in exact arithmetic (the composite
 # polynomial evaluated on a fine grid).
@@ -72,13 +74,13 @@ METHODS = ["auto", "standard", "gram"]
 
 def spec_schedule(name: str, steps: int) -> list[tuple[float, float, float]]:
     """The schedule: listed triples in order, the last one repeating."""
-    listed = SPEC_TABLES[name]
+    listed = PUBLISHED_TABLES[name]
     return [listed[min(i, len(listed) - 1)] for i in range(steps)]
 
 
 def composite(name: str, steps: int, x: np.ndarray) -> np.ndarray:
     """The scalar map σ/‖G‖_F ↦ output singular value (safety factor included)."""
-    y = np.asarray(x, np.float64) / SPEC_SAFETY[name]
+    y = np.asarray(x, np.float64) / PUBLISHED_SAFETY[name]
     for a, b, c in spec_schedule(name, steps):
         y = a * y + b * y**3 + c * y**5
     return y
@@ -87,7 +89,7 @@ def composite(name: str, steps: int, x: np.ndarray) -> np.ndarray:
 def max_slope(name: str, steps: int) -> float:
     """max |P'(x)| over x ∈ [0, 1] of the composite polynomial (chain rule on a fine grid)."""
     x = np.linspace(0.0, 1.0, 20001)
-    y, d = x / SPEC_SAFETY[name], np.full_like(x, 1 / SPEC_SAFETY[name])
+    y, d = x / PUBLISHED_SAFETY[name], np.full_like(x, 1 / PUBLISHED_SAFETY[name])
     for a, b, c in spec_schedule(name, steps):
         d = d * (a + 3 * b * y**2 + 5 * c * y**4)
         y = a * y + b * y**3 + c * y**5
@@ -167,15 +169,15 @@ SEEDS = [0, 1]
 # --------------------------------------------------------------------------------------------
 
 
-def test_library_tables_match_algorithm_md():
-    assert set(COEFFICIENT_TABLES) == set(SPEC_TABLES)
+def test_library_tables_match_the_published_ones():
+    assert set(COEFFICIENT_TABLES) == set(PUBLISHED_TABLES)
     for name, table in COEFFICIENT_TABLES.items():
-        assert [tuple(t) for t in table.steps] == SPEC_TABLES[name], name
-        assert table.safety == SPEC_SAFETY[name], name
+        assert [tuple(t) for t in table.steps] == PUBLISHED_TABLES[name], name
+        assert table.safety == PUBLISHED_SAFETY[name], name
 
 
-def test_spec_bands_hold_for_the_exact_polynomials():
-    """Sanity check of this file's reference: the published bands, to their two decimals."""
+def test_bands_hold_for_the_exact_polynomials():
+    """Sanity check of this file's reference: the bands of docs/algorithm.md §5.4."""
     x = np.logspace(-3, 0, 20001)
     for (name, steps), (lo, hi) in BANDS.items():
         y = composite(name, steps, x)
@@ -237,7 +239,7 @@ def test_matches_the_float64_iteration_on_the_design_interval(method):
         for kind in KINDS:
             g, *_ = prescribed(3, shape, kind)
             for name, steps in [("polar_express", 5), ("jordan", 5)]:
-                ref = numpy_newton_schulz(g, spec_schedule(name, steps), SPEC_SAFETY[name])
+                ref = numpy_newton_schulz(g, spec_schedule(name, steps), PUBLISHED_SAFETY[name])
                 err = np.abs(run(g, coeffs=name, steps=steps, method=method) - ref).max()
                 if err > float32_tolerance(name, steps):
                     bad.append(f"{shape} {kind} {name}-{steps}: max error {err:.1e}")
@@ -338,12 +340,12 @@ def test_list_of_triples_repeats_the_last(method):
     )
 
 
-@pytest.mark.parametrize("name", list(SPEC_TABLES))
+@pytest.mark.parametrize("name", list(PUBLISHED_TABLES))
 def test_named_tables_follow_the_spec_schedule(name):
     """Named tables, two steps: the spec's first two triples and safety factor."""
     g = gaussian(7, TALL)
     for steps in (1, 2):
-        ref = numpy_newton_schulz(g, spec_schedule(name, steps), SPEC_SAFETY[name])
+        ref = numpy_newton_schulz(g, spec_schedule(name, steps), PUBLISHED_SAFETY[name])
         np.testing.assert_allclose(run(g, coeffs=name, steps=steps), ref, atol=2e-5)
 
 
@@ -368,7 +370,7 @@ def test_coefficient_table_object_is_accepted():
 def test_unknown_table_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown") as info:
         orthogonalize(jnp.ones((3, 3)), coeffs="muon")
-    for name in SPEC_TABLES:
+    for name in PUBLISHED_TABLES:
         assert name in str(info.value)
 
 

@@ -3,6 +3,7 @@
 The properties are those of an LMO (scale invariance, ‖lmo(g)‖ = 1, ⟨g, lmo(g)⟩ =
 −‖g‖_*, lmo(0) = 0) and the closed forms of Table 2 of Pethick et al. (arXiv:2502.07529), checked
 against a float64 NumPy reference written here from those formulas (never from the library).
+The invariants and the formulas, in Flax layout, are in docs/algorithm.md §1.3 and §3.
 
 Shapes: every compiled shape costs XLA compile time (about 0.1–1.5 s per new shape and op set on
 a small CPU), so each case draws its shape from a short pool instead of from all of 1..24. The
@@ -479,7 +480,7 @@ def test_matches_float64_reference(case, data):
 
 
 @pytest.mark.parametrize("case", SPECTRAL_CASES, ids=ids(SPECTRAL_CASES))
-def test_spectral_factor_matches_algorithm_md(case):
+def test_spectral_factor_matches_table_2(case):
     """The library's dimension factor of each spectral layout equals the paper's Table 2."""
     for shape in case.shapes:
         assert case.norm.scale(shape) == pytest.approx(case.scale(shape))
