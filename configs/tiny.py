@@ -1,8 +1,9 @@
 """Tiny byte-level GPT for a 2-core CPU: the README's default run (a few minutes).
 
 3 layers, width 128, context 128, batch 16 (2,048 bytes per step), 250 steps.
-Learning rates were tuned with ``python benchmarks/tune_tiny.py`` (this config, seed 0,
-final validation loss, powers of 2); see the comment on each optimizer.
+Each learning rate is the best power of 2 of a learning-rate sweep on this config with
+``benchmarks/convergence.py`` (seed 0, final validation loss on 4 batches); the comment on each
+optimizer gives its sweep.
 """
 
 from lmo_optax.example.config import OptimizerConfig, TrainConfig
@@ -19,7 +20,7 @@ def get_config() -> TrainConfig:
         run="scion,adamw",  # what `lmo-optax train/compare` runs by default
         optimizers={
             # Constrained Scion, no warmup, linear warmdown over the last 30% (paper §6).
-            # Tuned: γ ∈ 2^-2…2^-8 → val 2.205, 1.954, 1.664, 1.520, 1.429, 1.399 (2^-7), 1.431.
+            # Sweep: γ ∈ 2^-5…2^-9 → val 1.508, 1.421, 1.389 (2^-7), 1.418, 1.558.
             "scion": OptimizerConfig(
                 learning_rate=2**-7,
                 warmdown_fraction=0.3,
@@ -27,13 +28,12 @@ def get_config() -> TrainConfig:
                 hidden_radius=3.0,
                 head_radius=10.0,
             ),
-            # Tuned (benchmarks/convergence.py, seed 0): γ ∈ 2^-6…2^-10 → val 1.384, 1.349 (2^-7),
-            # 1.364, 1.502, 1.830. Same radii as scion.
+            # Sweep: γ ∈ 2^-6…2^-10 → val 1.384, 1.349 (2^-7), 1.363, 1.502, 1.830.
+            # Same radii as scion.
             "unconstrained_scion": OptimizerConfig(learning_rate=2**-7, warmdown_fraction=0.3),
-            # Tuned: lr ∈ 2^-6…2^-10 → val 1.868, 1.645, 1.554, 1.545 (2^-9), 1.669.
+            # Sweep: lr ∈ 2^-7…2^-11 → val 1.648, 1.544, 1.533 (2^-9), 1.663, 1.875.
             "adamw": OptimizerConfig(learning_rate=2**-9, warmup_steps=20, warmdown_fraction=0.3),
-            # Tuned (benchmarks/convergence.py, seed 0): lr ∈ 2^-4…2^-8 → val 1.535, 1.388,
-            # 1.387 (2^-6), 1.457, 1.637.
+            # Sweep: lr ∈ 2^-4…2^-8 → val 1.535, 1.388, 1.387 (2^-6), 1.457, 1.637.
             "muon": OptimizerConfig(learning_rate=2**-6, warmup_steps=20, warmdown_fraction=0.3),
         },
     )

@@ -13,7 +13,14 @@ from lmo_optax.example import cli
 from lmo_optax.example.config import OptimizerConfig, TrainConfig, apply_override
 from lmo_optax.example.data import ByteDataset, default_corpus_text
 from lmo_optax.example.model import GPT, GPTConfig
-from lmo_optax.example.train import read_metrics, train
+from lmo_optax.example.train import (
+    build,
+    checkpoint_manager,
+    load_data,
+    read_metrics,
+    restore,
+    train,
+)
 
 TINY = GPTConfig(context=16, width=32, depth=1, heads=2)
 
@@ -105,24 +112,42 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert full.final_val_loss == resumed.final_val_loss
 
 
+def read_checkpoint(out_dir, step):
+    """The state saved at ``step`` in a run's folder, restored as it was saved."""
+    with checkpoint_manager(out_dir / "checkpoints", keep=1) as manager:
+        return manager.restore(step)
+
+
 def test_checkpoint_round_trips_the_optimizer_state_exactly(tmp_path):
     import orbax.checkpoint as ocp
 
     cfg = tiny_config(steps=2)
     train(cfg, "scion", tmp_path, verbose=False)
-    path = (tmp_path / "checkpoints" / "step_2").resolve()
-    restored = ocp.StandardCheckpointer().restore(path)
-    state = restored["opt_state"]
-    leaves = jax.tree.leaves(state)
+    restored = read_checkpoint(tmp_path, 2)
+    leaves = jax.tree.leaves(restored["opt_state"])
     assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
     # Saving what was restored and restoring again gives identical bytes.
-    again = tmp_path / "again"
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(again.resolve(), restored)
-    ckpt.wait_until_finished()
-    twice = ocp.StandardCheckpointer().restore(again.resolve())
+    with checkpoint_manager(tmp_path / "again", keep=1) as manager:
+        manager.save(2, args=ocp.args.StandardSave(restored))
+    with checkpoint_manager(tmp_path / "again", keep=1) as manager:
+        twice = manager.restore(2)
     for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(twice), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_checkpoints_keep_the_latest_and_a_fresh_run_replaces_them(tmp_path):
+    cfg = tiny_config(steps=6, checkpoint_every=1, keep_checkpoints=2, sample_bytes=0)
+    train(cfg, "adamw", tmp_path, verbose=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_5", "step_6"]
+    # A new run in the same folder (no --resume) starts over: its own checkpoints and metrics.
+    train(cfg, "adamw", tmp_path, stop_after=2, verbose=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_resume_without_a_checkpoint_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*checkpoints"):
+        train(tiny_config(), "scion", tmp_path, resume=True, verbose=False)
 
 
 def test_config_overrides():
@@ -136,6 +161,17 @@ def test_config_overrides():
         apply_override(cfg, "model.widht=64")
     with pytest.raises(ValueError, match="expected int"):
         apply_override(cfg, "steps=many")
+    with pytest.raises(ValueError, match="expected true or false"):
+        apply_override(cfg, "model.tied=maybe")
+    with pytest.raises(ValueError, match="expected one of"):
+        apply_override(cfg, "model.activation=tanh")
+    with pytest.raises(ValueError, match="unknown key 'sgd'"):
+        apply_override(cfg, "optimizers.sgd.learning_rate=0.1")
+    with pytest.raises(ValueError, match="expected field=value"):
+        apply_override(cfg, "steps")
+    with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
+        apply_override(cfg, "keep_checkpoints=0")
+    assert apply_override(cfg, "keep_checkpoints=5").keep_checkpoints == 5
 
 
 def test_cli_errors(capsys):
@@ -145,6 +181,8 @@ def test_cli_errors(capsys):
     assert "unknown optimizer 'sgd'" in capsys.readouterr().err
     assert cli.main(["train", "--config", "configs/nope.py"]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert cli.main(["train", "--config", "configs/tiny.py", "keep_checkpoints=0"]) == 2
+    assert "keep_checkpoints must be at least 1" in capsys.readouterr().err
 
 
 def test_cli_compare_writes_plot_and_summary(tmp_path, capsys):
@@ -188,23 +226,30 @@ def test_digits_cnn_uses_conv_rules_and_learns():
 
 @pytest.mark.parametrize("optimizer", ["scion", "adamw"])
 def test_training_on_a_mesh_matches_one_device(tmp_path, optimizer):
-    import orbax.checkpoint as ocp
-
     cfg = tiny_config(steps=2, eval_every=2, sample_bytes=0)
     one = train(cfg, optimizer, tmp_path / "one", verbose=False)
+    # On the mesh, interrupted after one step and resumed from its checkpoint.
     meshed = dataclasses.replace(cfg, mesh="data=4,model=2")
-    sharded = train(meshed, optimizer, tmp_path / "mesh", resume=False, verbose=False)
+    train(meshed, optimizer, tmp_path / "mesh", stop_after=1, verbose=False)
+    sharded = train(meshed, optimizer, tmp_path / "mesh", resume=True, verbose=False)
     a = read_metrics(tmp_path / "one" / "metrics.jsonl")
     b = read_metrics(tmp_path / "mesh" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2]
     for ra, rb in zip(a, b, strict=True):
         np.testing.assert_allclose(rb["train_loss"], ra["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(sharded.final_val_loss, one.final_val_loss, rtol=1e-5)
     # The whole training state after two steps: params and optimizer state.
-    restore = ocp.StandardCheckpointer().restore
-    x = restore((tmp_path / "one" / "checkpoints" / "step_2").resolve())
-    y = restore((tmp_path / "mesh" / "checkpoints" / "step_2").resolve())
+    x, y = read_checkpoint(tmp_path / "one", 2), read_checkpoint(tmp_path / "mesh", 2)
     for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
         np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-4, atol=1e-5)
+    # Restoring puts every array back in the layout the jitted step was built for.
+    run = build(meshed, optimizer, load_data(meshed), log=lambda *args: None)
+    layouts = [x.sharding for x in jax.tree.leaves(run.state)]
+    with checkpoint_manager(tmp_path / "mesh" / "checkpoints", keep=1) as manager:
+        restore(run, manager)
+    assert run.step == 2
+    assert [x.sharding for x in jax.tree.leaves(run.state)] == layouts
+    assert any(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(run.params))
 
 
 def test_mesh_layouts_and_errors():

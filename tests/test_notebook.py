@@ -2,12 +2,16 @@
 
 import os
 import pathlib
+import re
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+from lmo_optax.example.config import load_config
+
+ROOT = pathlib.Path(__file__).parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -23,3 +27,10 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     )
     assert "| scion" in outputs and "| adamw" in outputs
     assert (tmp_path / "runs" / "notebook" / "loss.png").exists()
+    if path.name == "quickstart.ipynb":
+        # The notebook says its learning rates are those of configs/tiny.py: the table's lr
+        # column shows them.
+        tiny = load_config(str(ROOT / "configs" / "tiny.py"))
+        for name in ("scion", "adamw"):
+            lr = f"{tiny.optimizers[name].learning_rate:g}"
+            assert re.search(rf"^\| {name} +\| {re.escape(lr)} +\|", outputs, re.M), (name, lr)

@@ -13,7 +13,6 @@ import pathlib
 
 import numpy as np
 
-VOCAB_SIZE = 256
 DEFAULT_CORPUS = "pydoc_data"
 
 

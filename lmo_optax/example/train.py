@@ -1,8 +1,18 @@
 """The training loop: jitted steps, periodic validation, metrics, checkpoints, samples.
 
-It reads top to bottom: data → model → optimizer → (resume) → loop → final eval → sample.
-Parameters are a plain pytree (``nnx.split``); the step is a pure ``jax.jit`` function of
-(params, optimizer state, batch), so checkpoints are ordinary pytrees.
+``train`` reads top to bottom in five steps, each a function of this module:
+
+1. ``load_data``: the byte corpus, split into train and validation.
+2. ``build``: the model, the optimizer and the jitted step (laid out on a device mesh with
+   ``cfg.mesh``), as a ``Run`` at step 0.
+3. ``restore`` with ``resume``: the latest checkpoint's parameters, optimizer state and step;
+   without it, ``start_fresh`` deletes what an earlier run left in the folder.
+4. ``loop``: the steps, validation, ``metrics.jsonl``, the progress line and checkpoints.
+5. ``finish``: a text sample and ``result.json``.
+
+Parameters are a plain pytree (``nnx.split``) and the step is a pure ``jax.jit`` function of
+(params, optimizer state, batch), so a checkpoint is an ordinary pytree, which
+``orbax.checkpoint.CheckpointManager`` saves, prunes and restores.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import math
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import flax.nnx as nnx
@@ -21,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 import lmo_optax
 from lmo_optax.example import optimizers, parallel
@@ -31,6 +43,20 @@ from lmo_optax.example.model import GPT, generate, loss_fn
 
 @dataclasses.dataclass
 class RunResult:
+    """What one run reports (also written to ``result.json``).
+
+    Attributes:
+      optimizer: the optimizer's name.
+      learning_rate: its peak learning rate.
+      steps: the steps trained (fewer than ``cfg.steps`` when stopped early).
+      final_train_loss: the last step's training loss (NaN if no step ran).
+      final_val_loss: the last validation loss (NaN if none was taken).
+      wall_time_s: seconds spent in the loop, compilation included.
+      tokens_per_s: throughput of the last step.
+      sample: text generated after the last step ("" when stopped early or disabled).
+      out_dir: the run's folder.
+    """
+
     optimizer: str
     learning_rate: float
     steps: int
@@ -42,14 +68,330 @@ class RunResult:
     out_dir: str
 
 
+@dataclasses.dataclass
+class Run:
+    """One optimizer's run: its jitted functions and its training state, which ``loop`` advances.
+
+    Attributes:
+      cfg: the config.
+      optimizer: the optimizer's name, a key of ``cfg.optimizers``.
+      data: the corpus.
+      graphdef: the model's structure; ``nnx.merge(graphdef, params)`` is the model.
+      params: the parameters (a pytree of arrays; sharded on the mesh with ``cfg.mesh``).
+      opt_state: the optimizer state (laid out like ``params``).
+      train_step: ``(params, opt_state, inputs, targets) -> (params, opt_state, loss)``, jitted.
+      eval_loss: ``(params, inputs, targets) -> loss``, jitted.
+      batch_sharding: where batches go on the mesh; None on one device.
+      step: the steps taken so far.
+    """
+
+    cfg: TrainConfig
+    optimizer: str
+    data: ByteDataset
+    graphdef: nnx.GraphDef
+    params: Any
+    opt_state: Any
+    train_step: Callable[..., tuple[Any, Any, jax.Array]]
+    eval_loss: Callable[..., jax.Array]
+    batch_sharding: jax.sharding.Sharding | None
+    step: int = 0
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the step: parameters and optimizer state."""
+        return {"params": self.params, "opt_state": self.opt_state}
+
+    def batch(self, split: str, step: int) -> tuple[jax.Array, jax.Array]:
+        """(inputs, targets) of ``split`` for ``step``: the same on every run with this seed."""
+        cfg = self.cfg
+        x, y = self.data.batch(
+            split, seed=cfg.seed, step=step, batch_size=cfg.batch_size, context=cfg.model.context
+        )
+        if self.batch_sharding is None:
+            return x, y
+        return jax.device_put(x, self.batch_sharding), jax.device_put(y, self.batch_sharding)
+
+    def evaluate(self) -> float:
+        """The mean loss of the parameters over ``cfg.eval_batches`` validation batches."""
+        losses = [
+            float(self.eval_loss(self.params, *self.batch("val", i)))
+            for i in range(self.cfg.eval_batches)
+        ]
+        return float(np.mean(losses))
+
+
+@dataclasses.dataclass
+class LoopStats:
+    """The latest measurements of ``loop``: losses, throughput and time."""
+
+    train_loss: float = math.nan
+    val_loss: float = math.nan
+    tokens_per_s: float = 0.0
+    wall_time_s: float = 0.0
+
+
+def train(
+    cfg: TrainConfig,
+    optimizer_name: str,
+    out_dir: str | pathlib.Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    verbose: bool = True,
+) -> RunResult:
+    """Trains the GPT of ``cfg`` with one optimizer; writes metrics, checkpoints and a sample.
+
+    Args:
+      cfg: the run's settings.
+      optimizer_name: a key of ``cfg.optimizers``.
+      out_dir: the run's folder: ``metrics.jsonl``, ``checkpoints/``, ``sample.txt`` and
+        ``result.json``.
+      resume: continue from the latest checkpoint in ``out_dir``; otherwise the run starts
+        over and replaces the metrics and checkpoints an earlier run left there.
+      stop_after: stop (with a checkpoint) after this many steps, to simulate an interrupted
+        run; ``cfg.steps`` still sets the schedule.
+      verbose: print the rules table, the mesh and the model's size (the progress line goes to
+        stderr either way).
+
+    Raises:
+      ValueError: ``optimizer_name`` has no entry in ``cfg.optimizers``.
+      FileNotFoundError: ``resume`` is set and ``out_dir`` holds no checkpoint.
+      FloatingPointError: the training loss became NaN or infinite.
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = print if verbose else _silent
+    data = load_data(cfg)
+    run = build(cfg, optimizer_name, data, log)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    with checkpoint_manager(out / "checkpoints", cfg.keep_checkpoints) as manager:
+        if resume:
+            restore(run, manager)
+            log(f"resumed from {manager.directory} at step {run.step}")
+        else:
+            start_fresh(manager)
+        truncate_metrics(out / "metrics.jsonl", run.step)
+        stats = loop(run, manager, out / "metrics.jsonl", end)
+    return finish(run, stats, out)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """A ``print`` that prints nothing (``verbose=False``)."""
+
+
+# 1. Data.
+
+
+def load_data(cfg: TrainConfig) -> ByteDataset:
+    """The corpus of ``cfg.data``, split into train and validation bytes."""
+    return ByteDataset.load(cfg.data, context=cfg.model.context, val_fraction=cfg.val_fraction)
+
+
+# 2. Model and optimizer.
+
+
+def build(
+    cfg: TrainConfig, optimizer_name: str, data: ByteDataset, log: Callable[..., None] = print
+) -> Run:
+    """The model, its optimizer and the jitted step and loss, as a ``Run`` at step 0.
+
+    Scion's runs log their parameter → norm table and may start on the norm balls
+    (``init="ball"``). With ``cfg.mesh`` the parameters, the optimizer state and the batches
+    are laid out on the device mesh (``lmo_optax.example.parallel``) and the jitted step keeps
+    those layouts.
+    """
+    if optimizer_name not in cfg.optimizers:
+        raise ValueError(
+            f"optimizer {optimizer_name!r} has no entry in the config's optimizers "
+            f"(have: {', '.join(cfg.optimizers)})"
+        )
+    oc = cfg.optimizers[optimizer_name]
+    model = GPT(cfg.model, nnx.Rngs(cfg.seed))
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    tx = optimizers.build(optimizer_name, oc, cfg.steps, cfg.model.tied)
+    if optimizer_name in ("scion", "unconstrained_scion"):
+        rules = optimizers.scion_rules(oc, cfg.model.tied)
+        log(lmo_optax.rules_table(params, rules))
+        if oc.init == "ball":
+            params = lmo_optax.init_on_ball(jax.random.key(cfg.seed), params, rules)
+
+    if cfg.mesh:
+        mesh = parallel.parse_mesh(cfg.mesh)
+        params, opt_state, batch_sharding, step_jit = _lay_out_on_mesh(params, tx, mesh, cfg)
+        log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
+    else:
+        opt_state, batch_sharding, step_jit = tx.init(params), None, jax.jit
+
+    def loss_of(params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+        return loss_fn(nnx.merge(graphdef, params), inputs, targets)
+
+    @step_jit
+    def train_step(params: Any, opt_state: Any, inputs: jax.Array, targets: jax.Array):
+        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    log(
+        f"{optimizer_name}: {model.num_params():,} parameters, data {data.description} "
+        f"({len(data.train):,} train / {len(data.val):,} val bytes)"
+    )
+    return Run(
+        cfg=cfg,
+        optimizer=optimizer_name,
+        data=data,
+        graphdef=graphdef,
+        params=params,
+        opt_state=opt_state,
+        train_step=train_step,
+        eval_loss=jax.jit(loss_of),
+        batch_sharding=batch_sharding,
+    )
+
+
+def _lay_out_on_mesh(
+    params: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, cfg: TrainConfig
+) -> tuple[Any, Any, jax.sharding.Sharding, Callable[[Callable], Callable]]:
+    """Sharded params and optimizer state, the batch layout, and a ``jax.jit`` that keeps them.
+
+    Parameters are FSDP/TP-sharded, batches split over ``data``; the optimizer state is made
+    outside jit so that its per-parameter buffers keep the parameters' shardings.
+    """
+    shardings = parallel.param_shardings(params, mesh)
+    params = jax.device_put(params, shardings)
+    opt_state = tx.init(params)
+    opt_shardings = parallel.state_shardings(opt_state, mesh)
+    opt_state = jax.device_put(opt_state, opt_shardings)
+    batch = parallel.batch_sharding(mesh, cfg.batch_size)
+    scalar = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    step_jit = functools.partial(
+        jax.jit,
+        in_shardings=(shardings, opt_shardings, batch, batch),
+        out_shardings=(shardings, opt_shardings, scalar),
+    )
+    return params, opt_state, batch, step_jit
+
+
+# 3. Checkpoints: restore or start fresh.
+
+
+def checkpoint_manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+    """Orbax's manager of the run's checkpoints, one folder per step (``step_<N>``).
+
+    It keeps the latest ``keep``, finds the latest for ``restore``, and saves atomically (on a
+    local disk a step's folder is written under a temporary name and renamed once complete, so
+    an interrupted save never looks like a checkpoint). Saves run in the background; use the
+    manager in a ``with`` block, which waits for the last save and closes it.
+    """
+    options = ocp.CheckpointManagerOptions(
+        step_prefix="step",
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        cleanup_tmp_directories=True,  # what a killed save left behind
+    )
+    return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+def restore(run: Run, manager: ocp.CheckpointManager) -> None:
+    """Loads the latest checkpoint into ``run``: parameters, optimizer state and step.
+
+    The abstract target carries each array's sharding, so on a mesh every array comes back in
+    the layout the jitted step expects.
+    """
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {manager.directory}")
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state
+    )
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    run.params, run.opt_state, run.step = restored["params"], restored["opt_state"], step
+
+
+def start_fresh(manager: ocp.CheckpointManager) -> None:
+    """Deletes the checkpoints of an earlier run in the same folder (a new run replaces them)."""
+    for step in manager.all_steps():
+        manager.delete(step)
+
+
+def truncate_metrics(path: pathlib.Path, step: int) -> None:
+    """Keeps the lines of ``metrics.jsonl`` up to ``step`` (none for a fresh run).
+
+    A resumed run repeats the steps after its checkpoint, so their lines are written again.
+    """
+    rows = read_metrics(path) if path.exists() else []
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows if row["step"] <= step))
+
+
+# 4. The loop.
+
+
+def loop(
+    run: Run, manager: ocp.CheckpointManager, metrics_path: pathlib.Path, end: int
+) -> LoopStats:
+    """Trains ``run`` from its step to ``end``, then saves a checkpoint at ``end``.
+
+    Every step appends a line to ``metrics.jsonl`` (``step``, ``train_loss``, ``tokens_per_s``,
+    and ``val_loss`` every ``eval_every`` steps and at ``cfg.steps``) and updates the progress
+    line; a checkpoint is saved every ``checkpoint_every`` steps.
+    """
+    cfg = run.cfg
+    progress = Progress(cfg.steps, run.optimizer, every=cfg.log_every)
+    stats = LoopStats()
+    tokens_per_step = cfg.batch_size * cfg.model.context
+    t_start = time.perf_counter()
+    with metrics_path.open("a") as metrics:
+        while run.step < end:
+            step = run.step + 1
+            x, y = run.batch("train", step)
+            t0 = time.perf_counter()
+            run.params, run.opt_state, loss = run.train_step(run.params, run.opt_state, x, y)
+            run.step = step
+            stats.train_loss = float(loss)  # waits for the step to finish
+            stats.tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
+            if not math.isfinite(stats.train_loss):
+                oc = cfg.optimizers[run.optimizer]
+                raise FloatingPointError(
+                    f"{run.optimizer}: the training loss is {stats.train_loss} at step {step}; "
+                    f"lower optimizers.{run.optimizer}.learning_rate ({oc.learning_rate})"
+                )
+            record = {
+                "step": step,
+                "train_loss": stats.train_loss,
+                "tokens_per_s": stats.tokens_per_s,
+            }
+            val = None
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                val = record["val_loss"] = stats.val_loss = run.evaluate()
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            progress.update(step, stats.train_loss, stats.tokens_per_s, val)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save(run, manager)
+    save(run, manager)
+    manager.wait_until_finished()
+    stats.wall_time_s = time.perf_counter() - t_start
+    return stats
+
+
+def save(run: Run, manager: ocp.CheckpointManager) -> None:
+    """Saves ``run``'s state as the checkpoint of its step (nothing if that step has one)."""
+    manager.save(run.step, args=ocp.args.StandardSave(run.state))
+
+
 class Progress:
-    """A one-line progress bar (rewritten in place on a terminal, periodic lines otherwise)."""
+    """A one-line progress bar: rewritten in place on a terminal, one line every ``every``
+    steps otherwise (a log file, a notebook).
+
+    Hand-written rather than ``rich.progress``: rich shows a non-terminal only the final bar
+    (and a notebook without ipywidgets nothing), where a training log needs periodic lines.
+    """
 
     def __init__(self, total: int, label: str, stream: TextIO = sys.stderr, every: int = 10):
         self.total, self.label, self.stream, self.every = total, label, stream, every
         self.tty = stream.isatty()
 
     def update(self, step: int, loss: float, tokens_per_s: float, val: float | None) -> None:
+        """Shows ``step`` of ``total`` with its loss, throughput and validation loss if any."""
         if not self.tty and step % self.every and step != self.total and val is None:
             return
         width = 24
@@ -66,200 +408,42 @@ class Progress:
         self.stream.flush()
 
 
-def _checkpointer():
-    import orbax.checkpoint as ocp
-
-    return ocp.StandardCheckpointer()
+# 5. Finish: sample and result.
 
 
-def _latest_checkpoint(out: pathlib.Path) -> pathlib.Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    return ckpts[-1].resolve() if ckpts else None
-
-
-def train(
-    cfg: TrainConfig,
-    optimizer_name: str,
-    out_dir: str | pathlib.Path,
-    *,
-    resume: bool = False,
-    stop_after: int | None = None,
-    verbose: bool = True,
-) -> RunResult:
-    """Trains the GPT of ``cfg`` with one optimizer; writes metrics, checkpoints, samples.
-
-    Args:
-      stop_after: stop (with a checkpoint) after this many steps, to simulate an interrupted
-        run; ``cfg.steps`` still sets the schedule.
-    """
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if optimizer_name not in cfg.optimizers:
-        raise ValueError(
-            f"optimizer {optimizer_name!r} has no entry in the config's optimizers "
-            f"(have: {', '.join(cfg.optimizers)})"
-        )
-    oc = cfg.optimizers[optimizer_name]
-    log = print if verbose else (lambda *a, **k: None)
-
-    # Data and model.
-    mcfg = cfg.model
-    data = ByteDataset.load(cfg.data, context=mcfg.context, val_fraction=cfg.val_fraction)
-    model = GPT(mcfg, nnx.Rngs(cfg.seed))
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
-    tx = optimizers.build(optimizer_name, oc, cfg.steps, mcfg.tied)
-    if optimizer_name in ("scion", "unconstrained_scion"):
-        rules = optimizers.scion_rules(oc, mcfg.tied)
-        log(lmo_optax.rules_table(params, rules))
-        if oc.init == "ball":
-            params = lmo_optax.init_on_ball(jax.random.key(cfg.seed), params, rules)
-    # On a mesh (--mesh data=4,model=2): parameters FSDP/TP-sharded, batches split over data,
-    # and the jitted step keeps every layout (lmo_optax.example.parallel).
-    mesh = parallel.parse_mesh(cfg.mesh) if cfg.mesh else None
-    if mesh is not None:
-        shardings = parallel.param_shardings(params, mesh)
-        params = jax.device_put(params, shardings)
-        opt_state = tx.init(params)  # outside jit: the buffers keep the params' shardings
-        opt_shardings = parallel.state_shardings(opt_state, mesh)
-        opt_state = jax.device_put(opt_state, opt_shardings)
-        batch = parallel.batch_sharding(mesh, cfg.batch_size)
-        scalar = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        step_jit = functools.partial(
-            jax.jit,
-            in_shardings=(shardings, opt_shardings, batch, batch),
-            out_shardings=(shardings, opt_shardings, scalar),
-        )
-        log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
-    else:
-        opt_state = tx.init(params)
-        batch = None
-        step_jit = jax.jit
-    log(
-        f"{optimizer_name}: {model.num_params():,} parameters, data {data.description} "
-        f"({len(data.train):,} train / {len(data.val):,} val bytes)"
-    )
-
-    def loss_of(params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-        return loss_fn(nnx.merge(graphdef, params), inputs, targets)
-
-    @step_jit
-    def train_step(params: Any, opt_state: Any, inputs: jax.Array, targets: jax.Array):
-        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    eval_loss = jax.jit(loss_of)
-
-    def get_batch(split: str, step: int) -> tuple[jax.Array, jax.Array]:
-        x, y = data.batch(
-            split, seed=cfg.seed, step=step, batch_size=cfg.batch_size, context=mcfg.context
-        )
-        return (x, y) if batch is None else (jax.device_put(x, batch), jax.device_put(y, batch))
-
-    def evaluate(params: Any) -> float:
-        losses = [float(eval_loss(params, *get_batch("val", i))) for i in range(cfg.eval_batches)]
-        return float(np.mean(losses))
-
-    # Resume from the latest checkpoint: params, optimizer state and step round-trip exactly.
-    start = 0
-    metrics_path = out / "metrics.jsonl"
-    if resume:
-        latest = _latest_checkpoint(out)
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-        target = {"params": params, "opt_state": opt_state, "step": 0}
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), target
-        )
-        restored = _checkpointer().restore(latest, abstract)
-        params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
-        if mesh is not None:
-            params = jax.device_put(params, shardings)
-            opt_state = jax.device_put(opt_state, opt_shardings)
-        kept = (
-            [
-                line
-                for line in metrics_path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= start
-            ]
-            if metrics_path.exists()
-            else []
-        )
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-        log(f"resumed from {latest} at step {start}")
-    elif metrics_path.exists():
-        metrics_path.unlink()
-
-    def save(step: int) -> None:
-        path = (out / "checkpoints" / f"step_{step}").resolve()
-        if path.exists():
-            return
-        ckpt = _checkpointer()
-        ckpt.save(path, {"params": params, "opt_state": opt_state, "step": step})
-        ckpt.wait_until_finished()
-
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    tokens_per_step = cfg.batch_size * mcfg.context
-    progress = Progress(cfg.steps, optimizer_name, every=cfg.log_every)
-    t_start = time.perf_counter()
-    train_loss = val_loss = math.nan
-    tokens_per_s = 0.0
-    with metrics_path.open("a") as metrics:
-        for step in range(start + 1, end + 1):
-            x, y = get_batch("train", step)
-            t0 = time.perf_counter()
-            params, opt_state, loss = train_step(params, opt_state, x, y)
-            train_loss = float(loss)  # blocks until the step is done
-            tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"{optimizer_name}: the training loss is {train_loss} at step {step}; "
-                    f"lower optimizers.{optimizer_name}.learning_rate ({oc.learning_rate})"
-                )
-            record: dict[str, Any] = {
-                "step": step,
-                "train_loss": train_loss,
-                "tokens_per_s": tokens_per_s,
-            }
-            evaluated = None
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                evaluated = val_loss = evaluate(params)
-                record["val_loss"] = val_loss
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            progress.update(step, train_loss, tokens_per_s, evaluated)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save(step)
-    save(end)
-    wall = time.perf_counter() - t_start
-
+def finish(run: Run, stats: LoopStats, out: pathlib.Path) -> RunResult:
+    """Samples text once the run is complete and writes ``sample.txt`` and ``result.json``."""
+    cfg = run.cfg
     sample = ""
-    if end == cfg.steps and cfg.sample_bytes > 0:
-        prompt = jnp.asarray(np.frombuffer(cfg.sample_prompt.encode(), np.uint8).astype(np.int32))
-        if mesh is not None:  # sample on one device
+    if run.step == cfg.steps and cfg.sample_bytes > 0:
+        prompt = np.frombuffer(cfg.sample_prompt.encode(), np.uint8).astype(np.int32)
+        params = run.params
+        if cfg.mesh:  # sample on one device
             params = jax.device_put(params, jax.devices()[0])
-        tokens = generate(
-            nnx.merge(graphdef, params), prompt, cfg.sample_bytes, jax.random.key(cfg.seed)
-        )
+        model = nnx.merge(run.graphdef, params)
+        tokens = generate(model, jnp.asarray(prompt), cfg.sample_bytes, jax.random.key(cfg.seed))
         sample = bytes(np.asarray(tokens, np.uint8)).decode("utf-8", errors="replace")
         (out / "sample.txt").write_text(sample)
     result = RunResult(
-        optimizer_name,
-        oc.learning_rate,
-        end,
-        train_loss,
-        val_loss,
-        wall,
-        tokens_per_s,
-        sample,
-        str(out),
+        optimizer=run.optimizer,
+        learning_rate=cfg.optimizers[run.optimizer].learning_rate,
+        steps=run.step,
+        final_train_loss=stats.train_loss,
+        final_val_loss=stats.val_loss,
+        wall_time_s=stats.wall_time_s,
+        tokens_per_s=stats.tokens_per_s,
+        sample=sample,
+        out_dir=str(out),
     )
     (out / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
 
 
+# Reading and reporting runs.
+
+
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, one dict per step."""
     return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
 
 
@@ -293,6 +477,11 @@ def plot(results: list[RunResult], path: str | pathlib.Path, title: str = "") ->
 
 
 def summary_table(results: list[RunResult]) -> str:
+    """A Markdown table of the runs' results (printed, and written to ``summary.md``).
+
+    Hand-written rather than ``rich.table``: its Markdown box would need a captured console and
+    trimmed blank lines to give this same text.
+    """
     rows = [("optimizer", "lr", "steps", "train loss", "val loss", "wall (s)", "tok/s")]
     for r in results:
         rows.append(
