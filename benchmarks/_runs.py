@@ -8,6 +8,7 @@ fingerprint of the settings that made it; when they change, the run is trained a
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,24 @@ from typing import Any
 
 from lmo_optax.example.config import TrainConfig
 from lmo_optax.example.train import read_metrics, train
+
+
+def add_optimizers_option(parser: argparse.ArgumentParser, optimizers: list[str]) -> None:
+    """``--optimizers a,b``: the part of a sweep this process runs (default: all of it)."""
+    parser.add_argument(
+        "--optimizers",
+        type=lambda text: [o.strip() for o in text.split(",") if o.strip()],
+        default=list(optimizers),
+        help=f"comma-separated subset of {','.join(optimizers)} (default: all)",
+    )
+
+
+def is_partial(chosen: list[str], optimizers: list[str]) -> bool:
+    """Whether this process runs only part of a sweep (then it writes no report)."""
+    if set(chosen) == set(optimizers):
+        return False
+    print("partial sweep done; run again with every optimizer for the report")
+    return True
 
 
 def run_cached(
@@ -95,6 +114,12 @@ def with_learning_rate(cfg: TrainConfig, optimizer: str, lr: float, **fields: An
     """cfg with ``optimizer``'s learning rate (and other OptimizerConfig fields) replaced."""
     oc = dataclasses.replace(cfg.optimizers[optimizer], learning_rate=lr, **fields)
     return dataclasses.replace(cfg, optimizers={**cfg.optimizers, optimizer: oc})
+
+
+def final_loss(record: dict[str, Any]) -> float:
+    """A run's final validation loss; inf if it diverged."""
+    value = record["final_val_loss"]
+    return math.inf if record["diverged"] or not math.isfinite(value) else value
 
 
 def steps_to_reach(curve: list[list[float]], target: float) -> float:

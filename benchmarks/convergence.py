@@ -20,23 +20,18 @@ another); a final call with every optimizer writes the report.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import _runs  # noqa: E402
+import _common
+import _runs
 
-from lmo_optax.example.config import load_config  # noqa: E402
-from lmo_optax.example.model import GPTConfig  # noqa: E402
+from lmo_optax.example.config import TrainConfig, load_config
+from lmo_optax.example.model import GPTConfig
 
-ROOT = HERE.parent
 GRIDS = {  # log2 learning rates, centered on configs/tiny.py's tuned or starting values
     "scion": [-5, -6, -7, -8, -9],
     "unconstrained_scion": [-6, -7, -8, -9, -10],
@@ -47,8 +42,9 @@ SEEDS = (0, 1, 2)
 TARGET_RATIO = 0.8
 
 
-def base_config(quick: bool) -> Any:
-    cfg = load_config(str(ROOT / "configs" / "tiny.py"))
+def base_config(quick: bool) -> TrainConfig:
+    """configs/tiny.py evaluated every 10 steps; with ``quick``, a smaller model for 30 steps."""
+    cfg = load_config(str(_common.ROOT / "configs" / "tiny.py"))
     cfg = dataclasses.replace(cfg, eval_every=10, eval_batches=4)
     if quick:
         cfg = dataclasses.replace(
@@ -62,7 +58,9 @@ def base_config(quick: bool) -> Any:
     return cfg
 
 
-def tune(cfg: Any, optimizer: str, grid: list[int], cache: Path, quick: bool) -> dict[int, Any]:
+def tune(
+    cfg: TrainConfig, optimizer: str, grid: list[int], cache: Path, quick: bool
+) -> dict[int, Any]:
     """Seed-0 runs over the grid, extended by one power of 2 past an edge that wins."""
     runs: dict[int, Any] = {}
 
@@ -73,7 +71,7 @@ def tune(cfg: Any, optimizer: str, grid: list[int], cache: Path, quick: bool) ->
     for e in grid:
         run(e)
     if not quick:
-        best = min(runs, key=lambda e: _loss(runs[e]))
+        best = min(runs, key=lambda e: _runs.final_loss(runs[e]))
         if best == max(runs):
             run(best + 1)
         elif best == min(runs):
@@ -81,73 +79,48 @@ def tune(cfg: Any, optimizer: str, grid: list[int], cache: Path, quick: bool) ->
     return runs
 
 
-def _loss(record: dict[str, Any]) -> float:
-    value = record["final_val_loss"]
-    return math.inf if record["diverged"] or not math.isfinite(value) else value
+def seeded_runs(
+    cfg: TrainConfig, optimizer: str, log2_lr: int, seeds: tuple[int, ...], cache: Path
+) -> list[dict[str, Any]]:
+    """One run per seed at learning rate 2^log2_lr."""
+    return _seeded(cfg, optimizer, optimizer, log2_lr, seeds, cache)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--optimizers", default=",".join(GRIDS))
-    parser.add_argument("--results", default=None, help="folder for the JSON (and run cache)")
-    parser.add_argument("--img", default=None, help="folder for the plots")
-    args = parser.parse_args(argv)
-    results = Path(args.results or HERE / "results")
-    cache = results / "runs" / ("convergence_quick" if args.quick else "convergence")
-    cfg = base_config(args.quick)
-    grids = {k: (v[:2] if args.quick else v) for k, v in GRIDS.items()}
-    seeds = SEEDS[:1] if args.quick else SEEDS
-    chosen = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+def bf16_state_runs(
+    cfg: TrainConfig, log2_lr: int, seeds: tuple[int, ...], cache: Path
+) -> list[dict[str, Any]]:
+    """The memory-light variant: Scion with its averaged gradient stored in bfloat16."""
+    return _seeded(cfg, "scion", "scion_bf16", log2_lr, seeds, cache, state_dtype="bfloat16")
 
-    sweeps, best, seeded = {}, {}, {}
-    for optimizer in chosen:
-        sweeps[optimizer] = tune(cfg, optimizer, grids[optimizer], cache, args.quick)
-        best[optimizer] = min(sweeps[optimizer], key=lambda e: _loss(sweeps[optimizer][e]))
-        runs = []
-        for seed in seeds:
-            c = _runs.with_learning_rate(
-                dataclasses.replace(cfg, seed=seed), optimizer, 2.0 ** best[optimizer]
-            )
-            runs.append(
-                _runs.run_cached(c, optimizer, f"{optimizer}_lr{best[optimizer]}_seed{seed}", cache)
-            )
-        seeded[optimizer] = runs
-        print(f"{optimizer}: best 2^{best[optimizer]}", flush=True)
-    if "scion" in chosen:  # the memory-light variant at Scion's learning rate
-        runs = []
-        for seed in seeds:
-            c = _runs.with_learning_rate(
-                dataclasses.replace(cfg, seed=seed),
-                "scion",
-                2.0 ** best["scion"],
-                state_dtype="bfloat16",
-            )
-            runs.append(
-                _runs.run_cached(c, "scion", f"scion_bf16_lr{best['scion']}_seed{seed}", cache)
-            )
-        seeded["scion (bf16 state)"] = runs
-    if set(chosen) != set(GRIDS):
-        print("partial sweep done; run again with every optimizer for the report")
-        return 0
 
-    report = summarize(cfg, sweeps, best, seeded, args.quick)
-    name = "convergence_quick.json" if args.quick else "convergence.json"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / name).write_text(json.dumps(report, indent=2) + "\n")
-    print(report["table_md"])
-    img = Path(args.img or ROOT / "docs" / "img")
-    plot(report, img / ("convergence_quick.png" if args.quick else "convergence.png"))
-    print(f"wrote {results / name}")
-    return 0
+def _seeded(
+    cfg: TrainConfig,
+    optimizer: str,
+    prefix: str,
+    log2_lr: int,
+    seeds: tuple[int, ...],
+    cache: Path,
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    runs = []
+    for seed in seeds:
+        c = _runs.with_learning_rate(
+            dataclasses.replace(cfg, seed=seed), optimizer, 2.0**log2_lr, **fields
+        )
+        runs.append(_runs.run_cached(c, optimizer, f"{prefix}_lr{log2_lr}_seed{seed}", cache))
+    return runs
 
 
 def _mean_curve(runs: list[dict[str, Any]]) -> list[list[float]]:
+    """The seed-averaged validation curve."""
     steps = [s for s, _ in runs[0]["val_curve"]]
     return [[s, statistics.mean(r["val_curve"][i][1] for r in runs)] for i, s in enumerate(steps)]
 
 
-def summarize(cfg: Any, sweeps: dict, best: dict, seeded: dict, quick: bool) -> dict[str, Any]:
+def summarize(
+    cfg: TrainConfig, sweeps: dict, best: dict, seeded: dict, quick: bool
+) -> dict[str, Any]:
+    """Per optimizer: best lr, final loss over seeds, steps to AdamW's final loss; the tables."""
     target = statistics.mean(r["final_val_loss"] for r in seeded["adamw"])
     rows = {}
     for label, runs in seeded.items():
@@ -168,42 +141,21 @@ def summarize(cfg: Any, sweeps: dict, best: dict, seeded: dict, quick: bool) -> 
     adamw_steps = rows["adamw"]["steps_to_target_mean"]
     for row in rows.values():
         row["ratio_to_adamw"] = row["steps_to_target_mean"] / adamw_steps
-    lines = [
+    intro = (
         f"Target: AdamW's final validation loss {target:.4f} (mean of {len(seeded['adamw'])} "
         f"seeds, {cfg.steps} steps). Steps to reach it are read off the seed-averaged validation "
-        f"curve (evaluated every {cfg.eval_every} steps, linearly interpolated).\n",
-        "| optimizer | best lr | final val (mean ± std) | steps to target | ratio to AdamW |",
-        "|---|---|---|---|---|",
-    ]
-    for label, row in rows.items():
-        steps = row["steps_to_target_mean"]
-        lines.append(
-            f"| {label} | 2^{row['log2_lr']} | {row['final_val_mean']:.4f} ± "
-            f"{row['final_val_std']:.4f} | {'never' if math.isinf(steps) else f'{steps:.0f}'} "
-            f"| {row['ratio_to_adamw']:.2f} |"
-        )
-    exps = sorted({e for s in sweeps.values() for e in s}, reverse=True)
-    lines += [
-        "\nLearning-rate sweep (seed 0, final validation loss):\n",
-        "| optimizer | " + " | ".join(f"2^{e}" for e in exps) + " |",
-        "|---|" + "---|" * len(exps),
-    ]
-    for optimizer, sweep in sweeps.items():
-        cells = []
-        for e in exps:
-            if e not in sweep:
-                cells.append("")
-            else:
-                loss = _loss(sweep[e])
-                text = "diverged" if math.isinf(loss) else f"{loss:.4f}"
-                cells.append(f"**{text}**" if e == best[optimizer] else text)
-        lines.append(f"| {optimizer} | " + " | ".join(cells) + " |")
+        f"curve (evaluated every {cfg.eval_every} steps, linearly interpolated)."
+    )
+    table_md = "\n\n".join(
+        [intro, results_table(rows), "Learning-rate sweep (seed 0, final validation loss):"]
+        + [sweep_table(sweeps, best)]
+    )
     scion_ratio = rows["scion"]["ratio_to_adamw"]
     return {
-        "benchmark": "convergence",
-        "quick": quick,
         "config": "configs/tiny.py" if not quick else "quick",
+        "data": cfg.data,
         "steps": cfg.steps,
+        "seeds": len(seeded["adamw"]),
         "model": {
             "width": cfg.model.width,
             "depth": cfg.model.depth,
@@ -212,33 +164,91 @@ def summarize(cfg: Any, sweeps: dict, best: dict, seeded: dict, quick: bool) -> 
         },
         "target_val_loss": target,
         "rows": rows,
-        "sweeps": {o: {str(e): _loss(r) for e, r in s.items()} for o, s in sweeps.items()},
+        "sweeps": {
+            o: {str(e): _runs.final_loss(r) for e, r in s.items()} for o, s in sweeps.items()
+        },
         "scion_ratio": scion_ratio,
+        "target_ratio": TARGET_RATIO,
         "target_met": scion_ratio <= TARGET_RATIO,
-        "table_md": "\n".join(lines),
+        "table_md": table_md,
     }
 
 
+def results_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Best lr, final loss (mean ± std over seeds), steps to the target and ratio to AdamW."""
+    header = ["optimizer", "best lr", "final val (mean ± std)", "steps to target"]
+    cells = [
+        [
+            label,
+            f"2^{row['log2_lr']}",
+            f"{row['final_val_mean']:.4f} ± {row['final_val_std']:.4f}",
+            "never"
+            if math.isinf(row["steps_to_target_mean"])
+            else f"{row['steps_to_target_mean']:.0f}",
+            f"{row['ratio_to_adamw']:.2f}",
+        ]
+        for label, row in rows.items()
+    ]
+    return _common.markdown_table([*header, "ratio to AdamW"], cells)
+
+
+def sweep_table(sweeps: dict[str, dict[int, Any]], best: dict[str, int]) -> str:
+    """Seed-0 final loss per (optimizer, lr); each optimizer's best in bold."""
+    exps = sorted({e for s in sweeps.values() for e in s}, reverse=True)
+
+    def cell(optimizer: str, e: int) -> str:
+        if e not in sweeps[optimizer]:
+            return ""
+        loss = _runs.final_loss(sweeps[optimizer][e])
+        text = "diverged" if math.isinf(loss) else f"{loss:.4f}"
+        return f"**{text}**" if e == best[optimizer] else text
+
+    cells = [[o, *(cell(o, e) for e in exps)] for o in sweeps]
+    return _common.markdown_table(["optimizer", *(f"2^{e}" for e in exps)], cells)
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    """Seed-averaged validation curves, each optimizer at its best learning rate."""
+    with _common.figure(path, 1, figsize=(7, 4.5)) as (_, ax):
+        for label, row in report["rows"].items():
+            steps, values = zip(*row["mean_curve"], strict=True)
+            ax.plot(steps, values, label=f"{label} (2^{row['log2_lr']})")
+        ax.axhline(report["target_val_loss"], color="gray", ls="--", lw=1, label="AdamW final")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss (nats/byte), mean of seeds")
+        ax.set_ylim(top=min(ax.get_ylim()[1], report["target_val_loss"] + 1.0))
+        ax.legend()
+        ax.set_title(
+            f"Byte GPT on {report['data']}: validation loss, each optimizer at its best lr"
+        )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, row in report["rows"].items():
-        steps, values = zip(*row["mean_curve"], strict=True)
-        ax.plot(steps, values, label=f"{label} (2^{row['log2_lr']})")
-    ax.axhline(report["target_val_loss"], color="gray", ls="--", lw=1, label="AdamW final")
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss (nats/byte), mean of seeds")
-    ax.set_ylim(top=min(ax.get_ylim()[1], report["target_val_loss"] + 1.0))
-    ax.legend()
-    ax.set_title("Byte GPT on pydoc_data: validation loss, each optimizer at its best lr")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def main(argv: list[str] | None = None) -> int:
+    parser = _common.parser(
+        __doc__, quick_help="30 steps of a 1-layer model, 2 lrs, 1 seed", img=True
+    )
+    _runs.add_optimizers_option(parser, list(GRIDS))
+    args = parser.parse_args(argv)
+    cache = args.results / "runs" / ("convergence_quick" if args.quick else "convergence")
+    cfg = base_config(args.quick)
+    seeds = SEEDS[:1] if args.quick else SEEDS
+    sweeps, best, seeded = {}, {}, {}
+    for optimizer in args.optimizers:
+        grid = GRIDS[optimizer][:2] if args.quick else GRIDS[optimizer]
+        sweeps[optimizer] = tune(cfg, optimizer, grid, cache, args.quick)
+        best[optimizer] = min(
+            sweeps[optimizer], key=lambda e: _runs.final_loss(sweeps[optimizer][e])
+        )
+        seeded[optimizer] = seeded_runs(cfg, optimizer, best[optimizer], seeds, cache)
+        print(f"{optimizer}: best 2^{best[optimizer]}", flush=True)
+    if "scion" in args.optimizers:  # the memory-light variant at Scion's learning rate
+        seeded["scion (bf16 state)"] = bf16_state_runs(cfg, best["scion"], seeds, cache)
+    if _runs.is_partial(args.optimizers, list(GRIDS)):
+        return 0
+    report = summarize(cfg, sweeps, best, seeded, args.quick)
+    print(report["table_md"])
+    _common.write_report(args, "convergence", report, plot)
+    return 0
 
 
 if __name__ == "__main__":

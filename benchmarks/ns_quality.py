@@ -21,20 +21,17 @@ Two kinds of input, both (d, 4d) like a GPT MLP kernel (transposed to wide):
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lmo_optax import newton_schulz
 
-HERE = Path(__file__).resolve().parent
 STEPS = (3, 4, 5, 6, 7, 8)
 RELEVANT = 1e-3  # singular values below RELEVANT·σ_max are ignored (the tables' interval)
 
@@ -70,108 +67,90 @@ def quality(g64: np.ndarray, out: np.ndarray) -> dict[str, float]:
     }
 
 
-def time_call(fn: Any, x: jax.Array, repeats: int) -> float:
-    jax.block_until_ready(fn(x))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def measure(table: str, steps: int, inputs: dict[str, np.ndarray], repeats: int) -> dict:
+    """One row: quality on each kind of input, and the time of one jitted call."""
+    coeffs = newton_schulz.COEFFICIENT_TABLES[table]
+    fn = jax.jit(lambda x: newton_schulz.orthogonalize(x, coeffs=coeffs, steps=steps))
+    row: dict[str, Any] = {"table": table, "steps": steps}
+    for kind, g64 in inputs.items():
+        row[kind] = quality(g64, np.asarray(fn(jnp.asarray(g64, jnp.float32))))
+    x = jnp.asarray(inputs["random"], jnp.float32)
+    row["seconds"] = statistics.median(_common.time_calls(lambda: fn(x), repeats))
+    row["seconds_per_step"] = row["seconds"] / steps
+    g, r = row["gradient"], row["random"]
+    print(
+        f"{table:14s} {steps}  gradient [{g['sigma_min']:.3f}, {g['sigma_max']:.3f}] "
+        f"err {g['polar_error']:.3f}  random [{r['sigma_min']:.3f}, {r['sigma_max']:.3f}] "
+        f"err {r['polar_error']:.3f}  {1e3 * row['seconds']:.1f} ms",
+        flush=True,
+    )
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]], d: int) -> str:
+    """The table of every row, under a line saying what was measured."""
+    header = ["table", "steps", "gradient-like σ range", "error", "random σ range", "error"]
+    header += ["ms", "ms/step"]
+    cells = [
+        [r["table"], r["steps"]]
+        + [
+            cell
+            for kind in ("gradient", "random")
+            for cell in (
+                f"[{r[kind]['sigma_min']:.3f}, {r[kind]['sigma_max']:.3f}]",
+                f"{r[kind]['polar_error']:.3f}",
+            )
+        ]
+        + [f"{1e3 * r['seconds']:.1f}", f"{1e3 * r['seconds_per_step']:.1f}"]
+        for r in rows
+    ]
+    return (
+        f"Input ({d}, {4 * d}) float32; σ range and polar error over input directions with "
+        f"σ ≥ {RELEVANT:g}·σ_max, against a float64 SVD. Time: one jitted call, "
+        f"{jax.default_backend().upper()}.\n\n" + _common.markdown_table(header, cells)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="d = 128 instead of 512")
+    parser = _common.parser(__doc__, quick_help="d = 128 instead of 512", img=True)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--img", default=None, help="folder for the plot (default docs/img)")
     args = parser.parse_args(argv)
     d = 128 if args.quick else 512
-
     inputs = {kind: test_matrix(kind, d, seed=i) for i, kind in enumerate(("gradient", "random"))}
-    rows = []
-    for name, table in newton_schulz.COEFFICIENT_TABLES.items():
-        for steps in STEPS:
-            fn = jax.jit(
-                lambda x, t=table, n=steps: newton_schulz.orthogonalize(x, coeffs=t, steps=n)
-            )
-            row: dict[str, Any] = {"table": name, "steps": steps}
-            for kind, g64 in inputs.items():
-                x = jnp.asarray(g64, jnp.float32)
-                out = np.asarray(fn(x))
-                row[kind] = quality(g64, out)
-            seconds = time_call(fn, jnp.asarray(inputs["random"], jnp.float32), args.repeats)
-            row["seconds"] = seconds
-            row["seconds_per_step"] = seconds / steps
-            rows.append(row)
-            print(
-                f"{name:14s} {steps}  gradient [{row['gradient']['sigma_min']:.3f}, "
-                f"{row['gradient']['sigma_max']:.3f}] err {row['gradient']['polar_error']:.3f}  "
-                f"random [{row['random']['sigma_min']:.3f}, {row['random']['sigma_max']:.3f}] "
-                f"err {row['random']['polar_error']:.3f}  {1e3 * seconds:.1f} ms",
-                flush=True,
-            )
-
-    lines = [
-        f"Input ({d}, {4 * d}) float32; σ range and polar error over input directions with "
-        f"σ ≥ {RELEVANT:g}·σ_max, against a float64 SVD. Time: one jitted call, CPU.\n",
-        "| table | steps | gradient-like σ range | error | random σ range | error | ms | ms/step |",
-        "|---|---|---|---|---|---|---|---|",
+    rows = [
+        measure(table, steps, inputs, args.repeats)
+        for table in newton_schulz.COEFFICIENT_TABLES
+        for steps in STEPS
     ]
-    for r in rows:
-        g, x = r["gradient"], r["random"]
-        lines.append(
-            f"| {r['table']} | {r['steps']} | [{g['sigma_min']:.3f}, {g['sigma_max']:.3f}] "
-            f"| {g['polar_error']:.3f} | [{x['sigma_min']:.3f}, {x['sigma_max']:.3f}] "
-            f"| {x['polar_error']:.3f} | {1e3 * r['seconds']:.1f} "
-            f"| {1e3 * r['seconds_per_step']:.1f} |"
-        )
-    table = "\n".join(lines)
-    print(table)
     report = {
-        "benchmark": "ns_quality",
         "d": d,
         "relevant": RELEVANT,
-        "jax": jax.__version__,
+        "default_table": newton_schulz.DEFAULT_COEFFS,
         "rows": rows,
-        "table_md": table,
+        "table_md": markdown_table(rows, d),
     }
-    name = "ns_quality_quick.json" if args.quick else "ns_quality.json"
-    out = Path(args.out or HERE / "results" / name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    img = Path(args.img or HERE.parent / "docs" / "img")
-    plot(rows, img / ("ns_quality_quick.png" if args.quick else "ns_quality.png"))
-    print(f"wrote {out}")
+    print(report["table_md"])
+    _common.write_report(args, "ns_quality", report, plot)
     return 0
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in dict.fromkeys(r["table"] for r in rows):
-        mine = [r for r in rows if r["table"] == name]
-        steps = [r["steps"] for r in mine]
-        for ax, kind in zip(axes, ("gradient", "random"), strict=True):
-            lo = [r[kind]["sigma_min"] for r in mine]
-            hi = [r[kind]["sigma_max"] for r in mine]
-            (line,) = ax.plot(steps, lo, "o-", label=name)
-            ax.plot(steps, hi, "o--", color=line.get_color())
-    for ax, kind in zip(axes, ("gradient-like (low stable rank)", "random Gaussian"), strict=True):
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_xlabel("Newton–Schulz steps")
-        ax.set_ylabel("output σ: min (solid), max (dashed)")
-        ax.set_title(kind)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Output σ range (min solid, max dashed) against steps, per table and kind of input."""
+    rows = report["rows"]
+    with _common.figure(path, 2, figsize=(11, 4)) as (_, axes):
+        for name in dict.fromkeys(r["table"] for r in rows):
+            mine = [r for r in rows if r["table"] == name]
+            steps = [r["steps"] for r in mine]
+            for ax, kind in zip(axes, ("gradient", "random"), strict=True):
+                (line,) = ax.plot(steps, [r[kind]["sigma_min"] for r in mine], "o-", label=name)
+                ax.plot(steps, [r[kind]["sigma_max"] for r in mine], "o--", color=line.get_color())
+        titles = ("gradient-like (low stable rank)", "random Gaussian")
+        for ax, title in zip(axes, titles, strict=True):
+            ax.axhline(1.0, color="gray", lw=0.8)
+            ax.set_xlabel("Newton–Schulz steps")
+            ax.set_ylabel("output σ: min (solid), max (dashed)")
+            ax.set_title(title)
+            ax.legend()
 
 
 if __name__ == "__main__":

@@ -1,373 +1,73 @@
 """Regenerates every benchmark and ``docs/benchmarks.md`` in one command.
 
-    .venv/bin/python benchmarks/run_all.py            # full mode: the published numbers (hours)
-    .venv/bin/python benchmarks/run_all.py --quick    # smoke test of every script (minutes)
+    .venv/bin/python benchmarks/run_all.py              # full mode: the published numbers (hours)
+    .venv/bin/python benchmarks/run_all.py --quick      # smoke test of every script (minutes)
     .venv/bin/python benchmarks/run_all.py --docs-only  # rebuild the page from the JSON
 
 Full mode writes ``benchmarks/results/*.json``, ``docs/img/*.png`` and ``docs/benchmarks.md``.
-Quick mode writes everything under ``--results`` (default: a temporary folder) and leaves the
-published files alone; ``.ci/run`` runs it. The training sweeps cache their runs
-(``benchmarks/results/runs/``), so an interrupted full run resumes where it stopped.
+Quick mode, or any ``--results`` folder, writes the reports, plots and page under that folder
+(quick mode's default: a temporary one) and leaves the published files alone; ``.ci/run`` runs
+``--quick``. The training sweeps cache their runs (``benchmarks/results/runs/``), so an
+interrupted full run resumes where it stopped. A missing or malformed report stops the page
+with an error naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+import _common
+import _page
 
 
-def scripts(results: Path, img: Path, quick: bool) -> list[tuple[str, list[str]]]:
-    """(name, argv) of every benchmark, writing its JSON under ``results``."""
-    q = ["--quick"] if quick else []
-    suffix = "_quick" if quick else ""
-    return [
-        ("update_step", [*q, "--out", str(results / f"update_step{suffix}.json")]),
-        ("step_memory", [*q, "--out", str(results / f"step_memory{suffix}.json")]),
-        ("ns_quality", [*q, "--out", str(results / f"ns_quality{suffix}.json"), "--img", str(img)]),
-        ("convergence", [*q, "--results", str(results), "--img", str(img)]),
-        ("width_transfer", [*q, "--results", str(results), "--img", str(img)]),
-        ("sharded_update", [*q, "--out", str(results / f"sharded_update{suffix}.json")]),
-    ]
+def run_script(name: str, results: Path, img: Path, quick: bool) -> float:
+    """Runs ``benchmarks/<name>.py`` and returns its wall time; exits if it fails."""
+    command = [sys.executable, f"benchmarks/{name}.py", "--results", str(results)]
+    command += ["--quick"] if quick else []
+    command += ["--img", str(img)] if name in _page.PLOTS else []
+    print(f"\n=== {name}: {' '.join(map(_common.portable, command[1:]))}", flush=True)
+    t0 = time.perf_counter()
+    code = subprocess.call(command, cwd=_common.ROOT)
+    if code != 0:
+        raise SystemExit(f"run_all: benchmarks/{name}.py failed with exit code {code}")
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="every script in --quick mode")
-    parser.add_argument("--docs-only", action="store_true", help="only rebuild the markdown")
-    parser.add_argument("--results", default=None, help="folder for JSON, plots and the page")
-    parser.add_argument("--only", default=None, help="comma-separated subset of the scripts")
+    parser.add_argument("--docs-only", action="store_true", help="only rebuild the page")
+    parser.add_argument("--results", type=Path, default=None, help="folder for JSON and page")
+    parser.add_argument(
+        "--only", default=None, help=f"run a subset of {','.join(_page.REPORTS)}; no page"
+    )
     args = parser.parse_args(argv)
-    if args.quick:
-        results = Path(args.results or tempfile.mkdtemp(prefix="lmo_optax_bench_"))
+    if args.quick or args.results is not None:
+        results = args.results or Path(tempfile.mkdtemp(prefix="lmo_optax_bench_"))
         img, page = results / "img", results / "benchmarks.md"
     else:
-        results = Path(args.results or HERE / "results")
-        img, page = ROOT / "docs" / "img", ROOT / "docs" / "benchmarks.md"
-    results.mkdir(parents=True, exist_ok=True)
-    timings = {}
+        results, img, page = _common.RESULTS, _common.IMG, _common.ROOT / "docs" / "benchmarks.md"
+    chosen = args.only.split(",") if args.only else _page.REPORTS
+    if unknown := set(chosen) - set(_page.REPORTS):
+        parser.error(f"--only: unknown {sorted(unknown)}")
     if not args.docs_only:
-        chosen = args.only.split(",") if args.only else None
-        for name, argv_ in scripts(results, img, args.quick):
-            if chosen and name not in chosen:
-                continue
-            command = [sys.executable, str(HERE / f"{name}.py"), *argv_]
-            print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
-            t0 = time.perf_counter()
-            code = subprocess.call(command, cwd=ROOT)
-            timings[name] = time.perf_counter() - t0
-            # sharded_update exits 1 when its FLOPs target is missed; that is a finding,
-            # reported on the page, not a crash. Anything else is a failure.
-            if code not in (0, 1) or (code == 1 and name != "sharded_update"):
-                print(f"run_all: {name} failed with exit code {code}", file=sys.stderr)
-                return code or 1
-    write_page(results, img, page, args.quick, timings)
-    print(f"\nwrote {page}")
+        timings = {name: run_script(name, results, img, args.quick) for name in chosen}
+        print("\n" + "\n".join(f"{name}: {s:.0f} s" for name, s in timings.items()))
+        if args.only:
+            print("page not rebuilt (--only ran a subset): rebuild it with --docs-only")
+            return 0
+    try:
+        _page.write_page(results, img, page, args.quick)
+    except _page.ReportError as e:
+        print(f"run_all: cannot write {_common.portable(str(page))}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {_common.portable(str(page))}")
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# The page
-# --------------------------------------------------------------------------------------------
-
-
-def _load(results: Path, name: str, quick: bool) -> dict[str, Any] | None:
-    path = results / f"{name}{'_quick' if quick else ''}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"
-
-
-def write_page(results: Path, img: Path, page: Path, quick: bool, timings: dict) -> None:
-    import jax
-
-    page.parent.mkdir(parents=True, exist_ok=True)
-    rel = os.path.relpath(img, page.parent)
-    command = "python benchmarks/run_all.py" + (" --quick" if quick else "")
-    out = [
-        "# Benchmarks and reproductions" + (" (quick smoke-test mode)" if quick else ""),
-        "",
-        "Everything on this page is regenerated by one command from the repository root:",
-        "",
-        f"    .venv/bin/{command}",
-        "",
-        "(`--docs-only` rebuilds this page from `benchmarks/results/*.json`; each script also "
-        "runs alone, see `benchmarks/README.md`.)",
-        "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
-        f"{platform.processor() or platform.machine()}; Python {platform.python_version()}, "
-        f"jax {jax.__version__} on {jax.default_backend()}; page written "
-        f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='minutes')}. No accelerator: "
-        "every number is from a CPU, and CPU time ratios only compare with other CPU ratios of "
-        "the same run (Newton–Schulz dominates an update on a CPU, not on a GPU).",
-        "",
-    ]
-    sections = [
-        ("1. Update step: time and optimizer state", _update_step),
-        ("2. Memory of a whole training step", _step_memory),
-        ("3. Newton–Schulz quality against cost", _ns_quality),
-        ("4. Convergence: steps to AdamW's loss", _convergence),
-        ("5. Width transfer of the learning rate", _width),
-        ("6. The memory-light variant (bfloat16 state)", _memory_light),
-        ("7. Sharded update on 8 devices", _sharded),
-    ]
-    for title, render in sections:
-        out += [f"## {title}", ""]
-        try:
-            out += render(results, rel, quick)
-        except (KeyError, TypeError, ValueError, StopIteration) as e:
-            out += [f"(could not render: {type(e).__name__}: {e})"]
-        out.append("")
-    if timings:
-        out += ["## Run times", "", "| script | wall (s) |", "|---|---|"]
-        out += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-        out.append("")
-    page.write_text("\n".join(out))
-
-
-def _missing(name: str) -> list[str]:
-    return [f"No results yet: run `python benchmarks/{name}.py`."]
-
-
-def _update_step(results: Path, rel: str, quick: bool) -> list[str]:
-    r = _load(results, "update_step", quick)
-    if r is None:
-        return _missing("update_step")
-    lines = [
-        "`benchmarks/update_step.py`: one jitted `opt.update(grads, state, params)` on GPT-2 "
-        f"shapes (tied embedding, {r['ns_steps']} Newton–Schulz steps, float32), median of "
-        f"{r['repeats']} timed calls after a warm-up ("
-        + "; ".join(
-            f"{label}: {c.get('timing', 'round-robin')}" for label, c in r["configs"].items()
-        )
-        + " — round-robin interleaves the optimizers so that load affects all alike; above 200M "
-        "parameters their states do not fit in this machine's memory together, so each is timed "
-        "alone); state bytes per parameter. Load average "
-        f"during the run: {r['machine'].get('loadavg_before')} → "
-        f"{r['machine'].get('loadavg_after')} (1, 5, 15 min).",
-        "",
-        r["table_md"],
-        "",
-    ]
-    for label, c in r["configs"].items():
-        failed = [t for t in c["targets"] if t["pass"] is False]
-        lines.append(
-            f"- {label}: "
-            + (
-                "all targets met (state ≤ 4 B/param, ≤ 2 with bf16 state; time ≤ Muon's)."
-                if not failed
-                else "missed: " + "; ".join(f"{t['target']} = {t['value']:.3f}" for t in failed)
-            )
-        )
-    return lines
-
-
-def _step_memory(results: Path, rel: str, quick: bool) -> list[str]:
-    r = _load(results, "step_memory", quick)
-    if r is None:
-        return _missing("step_memory")
-    lines = [
-        "`benchmarks/step_memory.py`: `jax.jit(step, donate_argnums=(0, 1)).lower(...)"
-        ".compile().memory_analysis()` of the example's whole train step (forward, backward, "
-        f"update) on `{r['config']}` ({r['backend']} backend).",
-        "",
-        r["table_md"],
-        "",
-    ]
-    for batch, rows in r.get("rows_by_batch", {"": r["rows"]}).items():
-        ratios = ", ".join(
-            f"{label} {row['peak_estimate'] / rows['adamw']['peak_estimate']:.3f}"
-            for label, row in rows.items()
-            if label != "adamw"
-        )
-        lines.append(f"- Peak / AdamW's at batch {batch}: {ratios}.")
-    deviation = max(
-        abs(row["temporaries"] / rows["adamw"]["temporaries"] - 1)
-        for rows in r.get("rows_by_batch", {"": r["rows"]}).values()
-        for row in rows.values()
-    )
-    lines.append(
-        f"- Temporaries are within {100 * deviation:.1f}% of AdamW's for every optimizer: "
-        "Newton–Schulz's buffers fit in memory XLA already holds for the activations. What "
-        "Scion saves is state: 4 bytes per parameter (2 with bf16 state) against AdamW's 8."
-    )
-    return lines
-
-
-def _ns_quality(results: Path, rel: str, quick: bool) -> list[str]:
-    r = _load(results, "ns_quality", quick)
-    if r is None:
-        return _missing("ns_quality")
-    rows = r["rows"]
-
-    def best(steps: int) -> dict[str, Any]:
-        return min(
-            (x for x in rows if x["steps"] == steps), key=lambda x: x["gradient"]["polar_error"]
-        )
-
-    def of(table: str, steps: int) -> dict[str, Any]:
-        return next(x for x in rows if x["table"] == table and x["steps"] == steps)
-
-    default = "polar_express"
-    summary = []
-    for steps in (5, 6):
-        b, d = best(steps), of(default, steps)
-        summary.append(
-            f"at {steps} steps the lowest error on gradient-like inputs is `{b['table']}`'s "
-            f"({b['gradient']['polar_error']:.3f}), the default `{default}`'s is "
-            f"{d['gradient']['polar_error']:.3f} (σ ∈ [{d['gradient']['sigma_min']:.3f}, "
-            f"{d['gradient']['sigma_max']:.3f}])"
-        )
-    return [
-        "`benchmarks/ns_quality.py`: " + r["table_md"].split("\n")[0].strip(),
-        "",
-        "\n".join(r["table_md"].split("\n")[2:]),
-        "",
-        "Every table costs the same per step (one quintic: the ms/step column differs only by "
-        "timing noise), so the choice is about accuracy per step. Measured: "
-        + "; ".join(summary)
-        + ". Polar Express is optimized step by step for σ ∈ [1e-3, 1], so it keeps converging "
-        "when more steps are asked for, while Jordan's single quintic stalls with σ in about "
-        "[0.68, 1.2] and the 5-step You and CANS schedules repeat their last triple. That, "
-        "and being at or near the best at 5 steps, is why it is the default.",
-        "",
-        f"![singular-value range]({rel}/ns_quality{'_quick' if quick else ''}.png)",
-    ]
-
-
-def _convergence(results: Path, rel: str, quick: bool) -> list[str]:
-    r = _load(results, "convergence", quick)
-    if r is None:
-        return _missing("convergence")
-    m = r.get("model", {})
-    return [
-        f"`benchmarks/convergence.py`: the byte-level GPT of `{r['config']}` "
-        f"({m.get('depth')} layers × width {m.get('width')}, context {m.get('context')}, batch "
-        f"{m.get('batch_size')}, {r['steps']} steps, linear warmdown over the last 30%) on the "
-        "CPython docs in `pydoc_data` (no download). Each optimizer tuned on powers of 2 (seed "
-        "0), then 3 seeds at its best learning rate.",
-        "",
-        r["table_md"],
-        "",
-        f"Target (Scion reaches AdamW's final loss in ≤ 0.8× AdamW's steps): "
-        f"{_verdict(r['target_met'])}, ratio {r['scion_ratio']:.2f}.",
-        "",
-        f"![validation curves]({rel}/convergence{'_quick' if quick else ''}.png)",
-    ]
-
-
-def _width(results: Path, rel: str, quick: bool) -> list[str]:
-    r = _load(results, "width_transfer", quick)
-    if r is None:
-        return _missing("width_transfer")
-    shift = r["best_lr_shift_steps"]
-    return [
-        "`benchmarks/width_transfer.py`: a 2-layer byte GPT (context 64, batch 16, 150 steps, "
-        "seed 0) at widths 32–256, the paper's Figure 1 scaled down 8× in width to fit a CPU.",
-        "",
-        r["table_md"],
-        "",
-        f"Target (Scion's best learning rate moves by at most one grid step across widths): "
-        f"{_verdict(r['target_met'])} — Scion's moves by {shift.get('scion')} step(s), "
-        f"AdamW's by {shift.get('adamw')}.",
-        "",
-        f"![loss vs learning rate per width]({rel}/width_transfer{'_quick' if quick else ''}.png)",
-    ]
-
-
-def _memory_light(results: Path, rel: str, quick: bool) -> list[str]:
-    conv = _load(results, "convergence", quick)
-    mem = _load(results, "step_memory", quick)
-    if conv is None or "scion (bf16 state)" not in conv["rows"]:
-        return _missing("convergence")
-    f32, bf16 = conv["rows"]["scion"], conv["rows"]["scion (bf16 state)"]
-    difference = bf16["final_val_mean"] - f32["final_val_mean"]
-    noise = max(f32["final_val_std"], bf16["final_val_std"])
-    same = abs(difference) <= 2 * noise if noise > 0 else None
-    lines = [
-        "Scion with `state_dtype=bfloat16` keeps its one averaged-gradient buffer in 2 bytes "
-        "per parameter (the average is still computed in float32). Same runs as the convergence "
-        "benchmark, at Scion's best learning rate, same seeds:",
-        "",
-        "| variant | final val (mean ± std) | steps to AdamW's final |",
-        "|---|---|---|",
-        f"| float32 state | {f32['final_val_mean']:.4f} ± {f32['final_val_std']:.4f} "
-        f"| {f32['steps_to_target_mean']:.0f} |",
-        f"| bfloat16 state | {bf16['final_val_mean']:.4f} ± {bf16['final_val_std']:.4f} "
-        f"| {bf16['steps_to_target_mean']:.0f} |",
-        "",
-        f"Difference of the means {difference:+.4f} nats/byte against a seed standard deviation "
-        f"of {noise:.4f}: "
-        + (
-            "n/a (one seed)"
-            if same is None
-            else ("the same curve within noise (|Δ| ≤ 2σ)." if same else "**outside** 2σ.")
-        ),
-    ]
-    if mem is not None:
-        by_batch = mem.get("rows_by_batch", {})
-        rows = by_batch.get("1", mem["rows"])  # batch 1: where the state weighs most
-        a, b = rows["scion"], rows["scion (bf16 state)"]
-        lines += [
-            "",
-            f"Memory (step-memory benchmark, `{mem['config']}`): optimizer state "
-            f"{a['optimizer_state'] / 2**20:.1f} → {b['optimizer_state'] / 2**20:.1f} MB "
-            f"({a['state_bytes_per_param']:.0f} → "
-            f"{b['state_bytes_per_param']:.0f} B/param); estimated peak of a batch-1 step "
-            f"{a['peak_estimate'] / 2**20:,.1f} → {b['peak_estimate'] / 2**20:,.1f} MB. The "
-            "curves of both variants are in the convergence plot (they overlap).",
-        ]
-    return lines
-
-
-def _sharded(results: Path, rel: str, quick: bool) -> list[str]:
-    r = _load(results, "sharded_update", quick)
-    if r is None:
-        return _missing("sharded_update")
-    lines = [
-        "`benchmarks/sharded_update.py`: one jitted Scion update on GPT-2 shapes "
-        f"({r['model']['params'] / 1e6:.1f}M parameters) sharded over 8 simulated CPU devices, "
-        "per Newton–Schulz strategy: FLOPs per device from XLA's cost analysis, collectives of "
-        "the compiled program, temporary memory, wall time (all devices share this machine's "
-        "cores: total work, not a mesh's speed-up).",
-        "",
-    ]
-    for layout, entry in r["layouts"].items():
-        lines += [
-            f"**{layout}**",
-            "",
-            "| strategy | GFLOP/device | vs replicate | collective bytes/device | median s |",
-            "|---|---|---|---|---|",
-        ]
-        for row in entry["rows"]:
-            if "error" in row:
-                lines.append(f"| {row['strategy']} | fails: {row['error']} | | | |")
-                continue
-            lines.append(
-                f"| {row['strategy']} | {row['flops_per_device'] / 1e9:.1f} "
-                f"| {row['flops_ratio_to_replicate']:.3f} "
-                f"| {row['collective_bytes_per_device'] / 2**20:.1f} MB | {row['median_s']:.2f} |"
-            )
-        lines += [
-            "",
-            f"distribute / replicate = {entry['distribute_flops_ratio']:.3f} (target ≤ 1/6): "
-            f"{_verdict(entry['target_met'])}.",
-            "",
-        ]
-    return lines
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ parameters and the optimizer state weigh more).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+import _common
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -30,8 +29,6 @@ from lmo_optax.example import optimizers
 from lmo_optax.example.config import OptimizerConfig, TrainConfig, load_config
 from lmo_optax.example.model import GPT, loss_fn
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 VARIANTS = {
     "scion": ("scion", {}),
     "scion (bf16 state)": ("scion", {"state_dtype": "bfloat16"}),
@@ -79,37 +76,37 @@ def step_memory(cfg: TrainConfig, name: str, overrides: dict[str, Any]) -> dict[
 
 
 def mb(n: float) -> str:
+    """Bytes in MB (2^20), with thousands separators."""
     return f"{n / 2**20:,.1f}"
 
 
 def render(config: str, cfg: TrainConfig, rows: dict[str, dict[str, Any]]) -> str:
+    """The markdown table of one batch size; adds the ratios to AdamW to ``rows``."""
     base = rows["adamw"]
-    lines = [
-        f"`{config}`: {base['params'] / 1e6:.2f}M parameters, batch {cfg.batch_size} × "
-        f"{cfg.model.context}; params and state donated; MB = 2^20 bytes.\n",
-        "| optimizer | state B/param | arguments MB | outputs MB | aliased MB | temporaries MB "
-        "| peak ≈ MB | peak / AdamW | temporaries / AdamW |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, r in rows.items():
+    for r in rows.values():
         r["peak_ratio_to_adamw"] = r["peak_estimate"] / base["peak_estimate"]
         r["temporaries_ratio_to_adamw"] = r["temporaries"] / max(base["temporaries"], 1)
-        lines.append(
-            f"| {label} | {r['state_bytes_per_param']:.2f} | {mb(r['arguments'])} "
-            f"| {mb(r['outputs'])} | {mb(r['aliased'])} | {mb(r['temporaries'])} "
-            f"| {mb(r['peak_estimate'])} | {r['peak_ratio_to_adamw']:.3f} "
-            f"| {r['temporaries_ratio_to_adamw']:.3f} |"
-        )
-    return "\n".join(lines)
+    header = ["optimizer", "state B/param", "arguments MB", "outputs MB", "aliased MB"]
+    header += ["temporaries MB", "peak ≈ MB", "peak / AdamW", "temporaries / AdamW"]
+    cells = [
+        [label, f"{r['state_bytes_per_param']:.2f}"]
+        + [mb(r[k]) for k in ("arguments", "outputs", "aliased", "temporaries", "peak_estimate")]
+        + [f"{r['peak_ratio_to_adamw']:.3f}", f"{r['temporaries_ratio_to_adamw']:.3f}"]
+        for label, r in rows.items()
+    ]
+    return (
+        f"`{config}`: {base['params'] / 1e6:.2f}M parameters, batch {cfg.batch_size} × "
+        f"{cfg.model.context}; params and state donated; MB = 2^20 bytes.\n\n"
+        + _common.markdown_table(header, cells)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="configs/tiny.py")
+    parser = _common.parser(__doc__, quick_help="configs/tiny.py")
     parser.add_argument("--config", default=None, help="a config file (overrides --quick)")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    config = args.config or str(ROOT / "configs" / ("tiny.py" if args.quick else "gpt2_small.py"))
+    default = "tiny.py" if args.quick else "gpt2_small.py"
+    config = args.config or str(_common.ROOT / "configs" / default)
     cfg = load_config(config)
     # The config's batch, and one sequence: activations dominate the first, the parameters and
     # optimizer state weigh more in the second (a per-device micro-batch on a large mesh).
@@ -119,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         run_cfg = dataclasses.replace(cfg, batch_size=batch)
         rows = {}
         for label, (name, overrides) in VARIANTS.items():
-            rows[label] = step_memory(run_cfg, name, overrides)
-            r = rows[label]
+            r = rows[label] = step_memory(run_cfg, name, overrides)
             print(
                 f"batch {batch}: {label:22s} args {mb(r['arguments'])} MB, temps "
                 f"{mb(r['temporaries'])} MB, peak ≈ {mb(r['peak_estimate'])} MB "
@@ -129,23 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         tables.append(render(Path(config).name, run_cfg, rows))
         per_batch[str(batch)] = rows
-    table = "\n\n".join(tables)
-    print(table)
-    rows = per_batch[str(cfg.batch_size)]
     report = {
-        "benchmark": "step_memory",
         "config": Path(config).name,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "rows": rows,  # at the config's batch size
+        "rows": per_batch[str(cfg.batch_size)],  # at the config's batch size
         "rows_by_batch": per_batch,
-        "table_md": table,
+        "table_md": "\n\n".join(tables),
     }
-    name = "step_memory_quick.json" if args.quick else "step_memory.json"
-    out = Path(args.out or HERE / "results" / name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(report["table_md"])
+    _common.write_report(args, "step_memory", report)
     return 0
 
 
