@@ -10,17 +10,11 @@ import pytest
 
 import lmo_optax
 from lmo_optax.example import cli
-from lmo_optax.example.config import OptimizerConfig, TrainConfig, apply_override
+from lmo_optax.example.checkpoints import Checkpoints, checkpoint_manager
+from lmo_optax.example.config import ConfigError, OptimizerConfig, TrainConfig, apply_override
 from lmo_optax.example.data import ByteDataset, default_corpus_text
-from lmo_optax.example.model import GPT, GPTConfig
-from lmo_optax.example.train import (
-    build,
-    checkpoint_manager,
-    load_data,
-    read_metrics,
-    restore,
-    train,
-)
+from lmo_optax.example.model import GPT, GPTConfig, generate
+from lmo_optax.example.train import build, load_data, read_metrics, restore, train
 
 TINY = GPTConfig(context=16, width=32, depth=1, heads=2)
 
@@ -55,16 +49,16 @@ def test_default_corpus_ships_with_python():
 
 
 def test_data_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file"):
         ByteDataset.load(str(tmp_path / "missing.txt"), context=16)
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ConfigError, match="empty"):
         ByteDataset.load(str(tmp_path / "empty.txt"), context=16)
     (tmp_path / "short.txt").write_text("hello world")
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ConfigError, match="too short"):
         ByteDataset.load(str(tmp_path / "short.txt"), context=16)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00" * 100)
-    with pytest.raises(ValueError, match="UTF-8"):
+    with pytest.raises(ConfigError, match="UTF-8"):
         ByteDataset.load(str(tmp_path / "bin.txt"), context=16)
 
 
@@ -110,6 +104,15 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
         assert ra["train_loss"] == rb["train_loss"]
         assert ra.get("val_loss") == rb.get("val_loss")
     assert full.final_val_loss == resumed.final_val_loss
+    # Resuming a finished run (killed before its result.json, say) trains nothing and reports
+    # the same losses.
+    again = train(cfg, "scion", tmp_path / "split", resume=True, verbose=False)
+    assert (again.steps, again.final_train_loss, again.final_val_loss) == (
+        6,
+        full.final_train_loss,
+        full.final_val_loss,
+    )
+    assert len(read_metrics(tmp_path / "split" / "metrics.jsonl")) == 6
 
 
 def read_checkpoint(out_dir, step):
@@ -135,19 +138,39 @@ def test_checkpoint_round_trips_the_optimizer_state_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_checkpoints_keep_the_latest_and_a_fresh_run_replaces_them(tmp_path):
+def test_checkpoints_keep_the_latest_and_an_earlier_run_is_replaced_only_on_request(tmp_path):
     cfg = tiny_config(steps=6, checkpoint_every=1, keep_checkpoints=2, sample_bytes=0)
     train(cfg, "adamw", tmp_path, verbose=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_5", "step_6"]
-    # A new run in the same folder (no --resume) starts over: its own checkpoints and metrics.
-    train(cfg, "adamw", tmp_path, stop_after=2, verbose=False)
+    # A new run in the same folder needs --resume or --overwrite; refused, it changes nothing.
+    with pytest.raises(ConfigError, match="holds an earlier run.*--resume.*--overwrite"):
+        train(cfg, "adamw", tmp_path, stop_after=2, verbose=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_5", "step_6"]
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 6
+    # With overwrite it starts over: its own checkpoints and metrics.
+    train(cfg, "adamw", tmp_path, stop_after=2, overwrite=True, verbose=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_1", "step_2"]
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 2
 
 
-def test_resume_without_a_checkpoint_names_the_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint in .*checkpoints"):
-        train(tiny_config(), "scion", tmp_path, resume=True, verbose=False)
+def test_resume_without_a_checkpoint_starts_at_step_0_and_says_so(tmp_path, capsys):
+    cfg = tiny_config(steps=2, sample_bytes=0)
+    train(cfg, "scion", tmp_path / "fresh", verbose=False)
+    resumed = train(cfg, "scion", tmp_path / "none", resume=True, verbose=False)
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert resumed.steps == 2
+    a = read_metrics(tmp_path / "fresh" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "none" / "metrics.jsonl")
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+
+
+def test_sample_longer_than_the_context_slides_the_window():
+    model = GPT(TINY, nnx.Rngs(0))
+    prompt = jax.numpy.arange(20, dtype=jax.numpy.int32)  # longer than the context (16)
+    tokens = generate(model, prompt, 2 * TINY.context, jax.random.key(0))
+    assert tokens.shape == (20 + 2 * TINY.context,)
+    np.testing.assert_array_equal(tokens[:20], prompt)
 
 
 def test_config_overrides():
@@ -163,7 +186,7 @@ def test_config_overrides():
         apply_override(cfg, "steps=many")
     with pytest.raises(ValueError, match="expected true or false"):
         apply_override(cfg, "model.tied=maybe")
-    with pytest.raises(ValueError, match="expected one of"):
+    with pytest.raises(ValueError, match="model.activation must be one of 'relu2', 'gelu'"):
         apply_override(cfg, "model.activation=tanh")
     with pytest.raises(ValueError, match="unknown key 'sgd'"):
         apply_override(cfg, "optimizers.sgd.learning_rate=0.1")
@@ -245,8 +268,8 @@ def test_training_on_a_mesh_matches_one_device(tmp_path, optimizer):
     # Restoring puts every array back in the layout the jitted step was built for.
     run = build(meshed, optimizer, load_data(meshed), log=lambda *args: None)
     layouts = [x.sharding for x in jax.tree.leaves(run.state)]
-    with checkpoint_manager(tmp_path / "mesh" / "checkpoints", keep=1) as manager:
-        restore(run, manager)
+    with Checkpoints(tmp_path / "mesh" / "checkpoints", keep=1) as checkpoints:
+        restore(run, checkpoints, 2)
     assert run.step == 2
     assert [x.sharding for x in jax.tree.leaves(run.state)] == layouts
     assert any(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(run.params))

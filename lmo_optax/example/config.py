@@ -8,15 +8,29 @@ command line as ``field=value`` with dotted names, e.g. ``model.width=64`` or
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
+import types
 import typing
-from typing import Any
+from typing import Any, Literal
 
-from lmo_optax.example.data import DEFAULT_CORPUS
+from lmo_optax.example.data import BYTE_VOCABULARY, DEFAULT_CORPUS
+from lmo_optax.example.errors import ConfigError, Interval, check_ranges, check_types
 from lmo_optax.example.model import GPTConfig
 
+__all__ = [
+    "OPTIMIZER_NAMES",
+    "ConfigError",
+    "OptimizerConfig",
+    "TrainConfig",
+    "apply_override",
+    "apply_overrides",
+    "load_config",
+    "mesh_axes",
+]
+
 OPTIMIZER_NAMES = ("scion", "unconstrained_scion", "adamw", "muon")
+SCION_NAMES = ("scion", "unconstrained_scion")
+MESH_AXES = ("data", "model")
 
 
 @dataclasses.dataclass
@@ -41,7 +55,7 @@ class OptimizerConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 0
     warmdown_fraction: float = 0.0
-    init: str = "default"
+    init: Literal["default", "ball"] = "default"
     gradient_weight: float = 0.1
     embedding_radius: float = 1.0
     hidden_radius: float = 3.0
@@ -51,15 +65,47 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     momentum: float = 0.95
     ns_steps: int = 5
-    state_dtype: str = "float32"
+    state_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def check(self, name: str) -> None:
+        """Raises ``ConfigError`` naming ``optimizers.<name>.<field>`` for a value it rejects."""
+        prefix = f"optimizers.{name}."
+        check_types(self, prefix)
+        check_ranges(self, _OPTIMIZER_RANGES, prefix)
+        if self.init == "ball" and name not in SCION_NAMES:
+            raise ConfigError(
+                f"{prefix}init='ball' is for {' and '.join(SCION_NAMES)} only (it starts the "
+                "parameters on their norm balls); use 'default'"
+            )
+
+
+_POSITIVE = Interval(0, low_open=True)
+_FRACTION = Interval(0, 1, high_open=True)  # a decay rate β
+_OPTIMIZER_RANGES = {
+    "learning_rate": _POSITIVE,
+    "warmup_steps": Interval(0),
+    "warmdown_fraction": Interval(0, 1),
+    "gradient_weight": Interval(0, 1, low_open=True),
+    "embedding_radius": _POSITIVE,
+    "hidden_radius": _POSITIVE,
+    "head_radius": _POSITIVE,
+    "b1": _FRACTION,
+    "b2": _FRACTION,
+    "weight_decay": Interval(0),
+    "momentum": _FRACTION,
+    "ns_steps": Interval(1),
+}
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """One training run: what a config file's ``get_config()`` returns.
 
+    Every field is checked when the config is made (``__post_init__``): a setting that cannot
+    be honoured raises ``ConfigError`` rather than being adjusted.
+
     Attributes:
-      model: the GPT's shape.
+      model: the GPT's shape (its vocabulary must hold the 256 byte values).
       data: ``"pydoc_data"`` (the CPython documentation that ships with Python) or the path of
         a local UTF-8 text file.
       val_fraction: the fraction of the corpus, taken from its end, held out for validation.
@@ -74,10 +120,12 @@ class TrainConfig:
       optimizers: the settings of each optimizer (keys from ``OPTIMIZER_NAMES``).
       run: the optimizers (comma-separated) that ``lmo-optax train`` and ``compare`` run when
         ``--optimizer`` is not given.
-      sample_bytes: bytes generated after training (0: no sample).
-      sample_prompt: the text the sample continues.
+      sample_bytes: bytes generated after training (0: no sample); the model slides its
+        context window over a sample longer than ``model.context``.
+      sample_prompt: the text the sample continues (not empty when ``sample_bytes`` > 0).
       mesh: e.g. ``"data=4,model=2"``: train sharded over a device mesh
-        (``lmo_optax.example.parallel``); empty: one device.
+        (``lmo_optax.example.parallel``); empty: one device. ``data`` must divide
+        ``batch_size`` and ``model`` must divide ``model.heads``.
     """
 
     model: GPTConfig = dataclasses.field(default_factory=GPTConfig)
@@ -98,38 +146,116 @@ class TrainConfig:
     mesh: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "steps", "eval_every", "eval_batches", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(
-                f"keep_checkpoints must be at least 1 (the latest checkpoint is what --resume "
-                f"reads), got {self.keep_checkpoints}"
+        check_types(self)
+        check_ranges(self, _TRAIN_RANGES)
+        for name, oc in self.optimizers.items():
+            if name not in OPTIMIZER_NAMES:
+                raise ConfigError(
+                    f"optimizers: unknown optimizer {name!r}; choose from "
+                    f"{', '.join(OPTIMIZER_NAMES)}"
+                )
+            oc.check(name)
+        if self.model.vocab_size < BYTE_VOCABULARY:
+            raise ConfigError(
+                f"model.vocab_size must be at least {BYTE_VOCABULARY} (the tokens are bytes), "
+                f"got {self.model.vocab_size}"
             )
-        for name in ("checkpoint_every", "sample_bytes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.sample_bytes and not self.sample_prompt:
+            raise ConfigError(
+                "sample_prompt must not be empty when sample_bytes > 0 (the sample continues it)"
+            )
+        self._check_mesh()
+
+    def _check_mesh(self) -> None:
+        """The mesh's axes divide what they split: ``data`` the batch, ``model`` the heads."""
+        axes = mesh_axes(self.mesh)
+        for axis, field, size in (
+            ("data", "batch_size", self.batch_size),
+            ("model", "model.heads", self.model.heads),
+        ):
+            if size % axes.get(axis, 1):
+                raise ConfigError(
+                    f"--mesh {self.mesh}: the {axis} axis ({axes[axis]} devices) must divide "
+                    f"{field}={size}"
+                )
+
+
+_TRAIN_RANGES = {
+    "val_fraction": Interval(0, 1, low_open=True, high_open=True),
+    "batch_size": Interval(1),
+    "steps": Interval(1),
+    "eval_every": Interval(1),
+    "eval_batches": Interval(1),
+    "log_every": Interval(1),
+    "checkpoint_every": Interval(0),
+    # The latest checkpoint is what --resume reads.
+    "keep_checkpoints": Interval(1),
+    "sample_bytes": Interval(0),
+}
+
+
+def mesh_axes(text: str) -> dict[str, int]:
+    """The axis sizes of a mesh spelled ``"data=4,model=2"`` (``{}`` for ``""``).
+
+    Raises:
+      ConfigError: not ``axis=size`` pairs, an axis twice, a size below 1, or an axis other
+        than ``data`` and ``model``.
+
+    >>> mesh_axes("data=4,model=2")
+    {'data': 4, 'model': 2}
+    """
+    axes: dict[str, int] = {}
+    if not text:
+        return axes
+    for part in text.split(","):
+        name, sep, size = (s.strip() for s in part.partition("="))
+        if not sep or not size.isdigit():
+            raise ConfigError(
+                f"--mesh {text}: expected axis=size pairs such as 'data=4,model=2', "
+                f"got {part.strip()!r}"
+            )
+        if name not in MESH_AXES:
+            raise ConfigError(
+                f"--mesh {text}: the example shards over axes 'data' and 'model', got {name!r}"
+            )
+        if name in axes:
+            raise ConfigError(f"--mesh {text}: axis {name!r} appears twice")
+        if int(size) < 1:
+            raise ConfigError(f"--mesh {text}: axis {name!r} needs a size of at least 1")
+        axes[name] = int(size)
+    return axes
 
 
 def load_config(path: str) -> TrainConfig:
-    """Runs the config file and returns its ``get_config()``."""
+    """Runs the config file and returns its ``get_config()``.
+
+    Raises:
+      ConfigError: the file is missing or unreadable, has a syntax error (named with its
+        line), defines no ``get_config``, or its config has a field out of range.
+    """
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"lmo_optax_config_{p.stem}", p)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config {path}: the file must define get_config() -> TrainConfig")
+        raise ConfigError(f"--config {path}: no such file")
     try:
-        cfg = module.get_config()
-    except ValueError as e:  # a field out of range (TrainConfig and GPTConfig check them)
-        raise ValueError(f"--config {path}: {e}") from None
+        source = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e})") from None
+    try:
+        code = compile(source, str(p), "exec")
+    except SyntaxError as e:
+        raise ConfigError(f"--config {path}, line {e.lineno}: {e.msg}") from None
+    module = types.ModuleType(f"lmo_optax_config_{p.stem}")
+    module.__file__ = str(p)
+    exec(code, module.__dict__)  # the config file is the user's Python program
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"--config {path}: the file must define get_config() -> TrainConfig")
+    try:
+        cfg = get_config()
+    except ConfigError as e:
+        raise ConfigError(f"--config {path}: {e}") from None
     if not isinstance(cfg, TrainConfig):
-        raise ValueError(
+        raise ConfigError(
             f"--config {path}: get_config() returned {type(cfg).__name__}, "
             "expected lmo_optax.example.config.TrainConfig"
         )
@@ -141,57 +267,95 @@ def load_config(path: str) -> TrainConfig:
 # Literal fields, with errors that name the field.
 
 
-def apply_override(cfg: TrainConfig, assignment: str) -> TrainConfig:
-    """Applies one ``dotted.name=value`` override and returns the new config.
+def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Applies ``dotted.name=value`` overrides together and returns the new config.
+
+    All of them are applied before the config is checked, so their order does not matter
+    (``model.heads=8 model.width=64`` works although width 128 / heads 8 alone might not).
 
     Args:
       cfg: the config; it is not modified.
-      assignment: e.g. ``"model.width=64"`` or ``"optimizers.scion.learning_rate=0.05"``.
+      assignments: e.g. ``["model.width=64", "optimizers.scion.learning_rate=0.05"]``; a
+        later assignment of the same field wins.
 
     Raises:
-      ValueError: no ``=``, an unknown field or key, or a value of the wrong type.
+      ConfigError: no ``=``, an unknown field or key, a value of the wrong type, or a config
+        whose fields are out of range.
     """
-    if "=" not in assignment:
-        raise ValueError(f"override {assignment!r}: expected field=value, e.g. model.width=64")
-    name, value = assignment.split("=", 1)
-    return _set(cfg, name.split("."), value, name)
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"override {assignment!r}: expected field=value, e.g. model.width=64")
+        _record(changes, name.split("."), value, name)
+    return _rebuild(cfg, changes, "")
 
 
-def _set(obj: Any, parts: list[str], value: str, full: str) -> Any:
-    """A copy of ``obj`` (a dataclass or dict) with the field at ``parts`` set from ``value``."""
-    head, rest = parts[0], parts[1:]
+def apply_override(cfg: TrainConfig, assignment: str) -> TrainConfig:
+    """``apply_overrides`` with one assignment."""
+    return apply_overrides(cfg, [assignment])
+
+
+def _record(changes: dict[str, Any], parts: list[str], value: str, full: str) -> None:
+    """Stores ``value`` at ``parts`` in the nested dict ``changes``."""
+    node = changes
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {full}: {part!r} is also set as a value")
+    if isinstance(node.get(parts[-1]), dict):
+        raise ConfigError(f"override {full}: {parts[-1]!r} is a section; name a field inside it")
+    node[parts[-1]] = value
+
+
+def _rebuild(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
+    """A copy of ``obj`` (a dataclass or dict) with ``changes`` (nested, by name) applied."""
     if isinstance(obj, dict):
-        if head not in obj:
-            raise ValueError(f"override {full}: unknown key {head!r}; known: {sorted(obj)}")
-        if not rest:
-            raise ValueError(f"override {full}: name a field inside {head!r}")
-        return {**obj, head: _set(obj[head], rest, value, full)}
+        for key in changes:
+            if key not in obj:
+                raise ConfigError(
+                    f"override {prefix}{key}: unknown key {key!r}; known: {sorted(obj)}"
+                )
+        updated = {}
+        for key, change in changes.items():
+            if not isinstance(change, dict):
+                raise ConfigError(f"override {prefix}{key}: name a field inside {key!r}")
+            updated[key] = _rebuild(obj[key], change, f"{prefix}{key}.")
+        return {**obj, **updated}
     if not dataclasses.is_dataclass(obj):
-        raise ValueError(f"override {full}: {head!r} is not a config section")
-    fields = {f.name for f in dataclasses.fields(obj)}
-    if head not in fields:
-        raise ValueError(f"override {full}: unknown field {head!r}; known: {sorted(fields)}")
-    if rest:
-        return dataclasses.replace(obj, **{head: _set(getattr(obj, head), rest, value, full)})
-    kind = typing.get_type_hints(type(obj))[head]
-    return dataclasses.replace(obj, **{head: _parse(value, kind, full)})
+        raise ConfigError(
+            f"override {prefix[:-1]}.…: {prefix[:-1]} is a value, not a section; "
+            f"set it as {prefix[:-1]}=VALUE"
+        )
+    hints = typing.get_type_hints(type(obj))
+    updates = {}
+    for name, change in changes.items():
+        if name not in hints:
+            raise ConfigError(
+                f"override {prefix}{name}: unknown field {name!r}; known: "
+                f"{sorted(f.name for f in dataclasses.fields(obj))}"
+            )
+        if isinstance(change, dict):
+            updates[name] = _rebuild(getattr(obj, name), change, f"{prefix}{name}.")
+        else:
+            updates[name] = _parse(change, hints[name], prefix + name)
+    return dataclasses.replace(obj, **updates)
 
 
 def _parse(value: str, kind: Any, name: str) -> Any:
-    """``value`` as the field's type: bool, int, float, str or a Literal of strings."""
+    """``value`` as the field's type: bool, int, float or str (a ``Literal``'s choices are
+    checked with the config's other rules, in ``errors.check_types``)."""
     if kind is bool:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name}={value}: expected true or false")
-    if kind in (int, float, str):
+        raise ConfigError(f"{name}={value}: expected true or false")
+    if kind in (int, float):
         try:
             return kind(value)
         except ValueError:
-            raise ValueError(f"{name}={value}: expected {kind.__name__}") from None
-    if typing.get_origin(kind) is typing.Literal:
-        if value not in typing.get_args(kind):
-            raise ValueError(f"{name}={value}: expected one of {typing.get_args(kind)}")
+            raise ConfigError(f"{name}={value}: expected {kind.__name__}") from None
+    if kind is str or typing.get_origin(kind) is typing.Literal:
         return value
-    raise ValueError(f"{name}: cannot be set from the command line")
+    raise ConfigError(f"{name}: cannot be set from the command line")

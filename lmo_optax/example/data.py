@@ -13,7 +13,10 @@ import pathlib
 
 import numpy as np
 
+from lmo_optax.example.errors import ConfigError
+
 DEFAULT_CORPUS = "pydoc_data"
+BYTE_VOCABULARY = 256  # the tokens are bytes
 
 
 def default_corpus_text() -> str:
@@ -29,21 +32,27 @@ def load_text(path: str | None) -> tuple[str, str]:
         return default_corpus_text(), "pydoc_data.topics (CPython documentation, stdlib)"
     p = pathlib.Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"--data {path}: no such file")
+        raise ConfigError(f"--data {path}: no such file")
     if not p.is_file():
-        raise ValueError(f"--data {path}: not a regular file")
+        raise ConfigError(f"--data {path}: not a regular file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"--data {path}: not valid UTF-8 text ({e})") from None
+        raise ConfigError(f"--data {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"--data {path}: cannot read it ({e.strerror})") from None
     if not text:
-        raise ValueError(f"--data {path}: the file is empty")
+        raise ConfigError(f"--data {path}: the file is empty")
     return text, str(p)
 
 
 @dataclasses.dataclass(frozen=True)
 class ByteDataset:
-    """Train and validation byte arrays, split at a fixed fraction (validation at the end)."""
+    """Train and validation byte arrays, split at a fixed fraction (validation at the end).
+
+    Batches draw their windows with replacement, so any batch size fits a split that holds
+    one window; a split shorter than that is a ``ConfigError``.
+    """
 
     train: np.ndarray
     val: np.ndarray
@@ -56,12 +65,13 @@ class ByteDataset:
         data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         n_val = int(len(data) * val_fraction)
         train, val = data[: len(data) - n_val], data[len(data) - n_val :]
-        need = context + 2
+        need = context + 2  # a window of context + 1 bytes, at two offsets at least
         if len(train) < need or len(val) < need:
-            raise ValueError(
-                f"corpus {description or ''} is too short: {len(data)} bytes gives "
-                f"{len(train)} train / {len(val)} validation bytes, and each split needs at "
-                f"least context + 2 = {need} (use a longer file or a smaller context)"
+            raise ConfigError(
+                f"--data {description or 'text'} is too short: {len(data)} bytes give "
+                f"{len(train)} train / {len(val)} validation bytes (val_fraction="
+                f"{val_fraction:g}), and each split needs at least model.context + 2 = {need}; "
+                "use a longer file, a smaller model.context or another val_fraction"
             )
         return cls(train, val, description)
 

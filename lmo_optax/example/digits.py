@@ -18,6 +18,9 @@ import numpy as np
 import optax
 
 import lmo_optax
+from lmo_optax.example.errors import ConfigError, Interval, check_ranges
+
+DIGITS_OPTIMIZERS = ("scion", "unconstrained_scion", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,9 @@ class DigitsConfig:
     adamw_learning_rate: float = 2**-5
     conv_radius: float = 8.0
     head_radius: float = 256.0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"steps": Interval(1), "batch_size": Interval(1)})
 
 
 def load_digits(seed: int) -> tuple[np.ndarray, ...]:
@@ -83,8 +89,8 @@ def train_digits(cfg: DigitsConfig, optimizer: str, verbose: bool = True) -> dic
     elif optimizer == "adamw":
         tx = optax.adamw(optax.linear_schedule(cfg.adamw_learning_rate, 0.0, cfg.steps))
     else:
-        raise ValueError(
-            f"digits: unknown optimizer {optimizer!r} (scion, unconstrained_scion, adamw)"
+        raise ConfigError(
+            f"digits: unknown optimizer {optimizer!r}; choose from {', '.join(DIGITS_OPTIMIZERS)}"
         )
     opt_state = tx.init(params)
 

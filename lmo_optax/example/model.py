@@ -16,9 +16,17 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from lmo_optax.example.errors import ConfigError, Interval, check_ranges, check_types
+
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
+    """The GPT's shape; every field is checked when it is made (``ConfigError``).
+
+    ``width`` must be divisible by ``heads``, and the head dimension even with rotary
+    positions.
+    """
+
     vocab_size: int = 256
     context: int = 128
     width: int = 128
@@ -32,16 +40,20 @@ class GPTConfig:
     norm_gains: bool = False  # learnable RMSNorm gains (modded-nanogpt uses none)
 
     def __post_init__(self) -> None:
+        check_types(self, "model.")
+        check_ranges(self, dict.fromkeys(_SIZES, Interval(1)), "model.")
         if self.width % self.heads:
-            raise ValueError(
+            raise ConfigError(
                 f"model.width={self.width} must be divisible by model.heads={self.heads}"
             )
         if (self.width // self.heads) % 2 and self.positions == "rotary":
-            raise ValueError("rotary positions need an even head dimension (width / heads)")
-        if self.activation not in ("relu2", "gelu"):
-            raise ValueError(f"model.activation must be relu2 or gelu, got {self.activation!r}")
-        if self.positions not in ("rotary", "learned"):
-            raise ValueError(f"model.positions must be rotary or learned, got {self.positions!r}")
+            raise ConfigError(
+                f"rotary positions need an even head dimension, got model.width / model.heads "
+                f"= {self.width} / {self.heads}"
+            )
+
+
+_SIZES = ("vocab_size", "context", "width", "depth", "heads", "mlp_ratio")
 
 
 def _rotary(x: jax.Array) -> jax.Array:

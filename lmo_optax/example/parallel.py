@@ -14,8 +14,13 @@ lm_head (d, vocab)                     P(data, model)
 norm gains, biases                     replicated
 =====================================  ==========================  ========================
 
-A dimension that the axis size does not divide stays unsharded on that axis. Batches are split
-over ``data``. lmo-optax then shares the Newton–Schulz work over all the devices
+Batches are split over ``data``. The mesh must divide what it splits, or the run would not be
+the one asked for: ``data`` divides the batch and ``model`` the attention heads (checked by
+``TrainConfig``), and the mesh needs no more devices than JAX sees (``parse_mesh``). Within
+those, a parameter dimension that an axis does not divide (the 256-byte vocabulary over a mesh
+of 3, a width of 32 over 3) stays whole along that axis: a layout choice, which costs memory on
+each device but not results, and ``train.build`` logs the parameters it applies to
+(``kept_whole``). lmo-optax then shares the Newton–Schulz work over all the devices
 (``ns_sharding="auto"``, see ``lmo_optax.strategies``).
 
 >>> mesh = parse_mesh("data=1")
@@ -33,47 +38,44 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from lmo_optax.example.config import mesh_axes
+from lmo_optax.example.errors import ConfigError
 from lmo_optax.paths import path_to_str
 
 _ROW_PARALLEL = re.compile(r"(^|/)(out|proj)/kernel$")
 
 
 def parse_mesh(text: str, devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A mesh from ``"data=4,model=2"`` (axis=size pairs, in order), over the first devices."""
+    """A mesh from ``"data=4,model=2"`` (axis=size pairs, in order), over the first devices.
+
+    Raises:
+      ConfigError: the text is not a mesh (``config.mesh_axes``), or it needs more devices than
+        ``devices`` (default: all that JAX sees).
+    """
     devices = jax.devices() if devices is None else devices
-    axes: dict[str, int] = {}
-    for part in text.split(","):
-        name, sep, size = part.strip().partition("=")
-        if not sep or not name.isidentifier() or not size.strip().isdigit():
-            raise ValueError(
-                f"--mesh {text!r}: expected axis=size pairs such as 'data=4,model=2', "
-                f"got {part.strip()!r}"
-            )
-        if name in axes:
-            raise ValueError(f"--mesh {text!r}: axis {name!r} appears twice")
-        if int(size) < 1:
-            raise ValueError(f"--mesh {text!r}: axis {name!r} needs a positive size")
-        axes[name] = int(size)
-    unknown = set(axes) - {"data", "model"}
-    if unknown:
-        raise ValueError(
-            f"--mesh {text!r}: the example shards over axes 'data' and 'model', "
-            f"got {sorted(unknown)}"
-        )
+    axes = mesh_axes(text)
     needed = math.prod(axes.values())
     if needed > len(devices):
-        raise ValueError(
-            f"--mesh {text!r} needs {needed} devices, but JAX sees {len(devices)}; on CPU, "
+        raise ConfigError(
+            f"--mesh {text} needs {needed} devices, but JAX sees {len(devices)}; on CPU, "
             "simulate more with XLA_FLAGS=--xla_force_host_platform_device_count=N"
         )
     grid = np.asarray(devices[:needed]).reshape(tuple(axes.values()))
     return jax.sharding.Mesh(grid, tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 
 
-def _axis(mesh: jax.sharding.Mesh, name: str, size: int) -> str | None:
+def _axis(mesh: jax.sharding.Mesh, name: str | None, size: int) -> str | None:
     """``name`` if the mesh has it with more than one device and it divides ``size``."""
     n = dict(mesh.shape).get(name, 1)
     return name if n > 1 and size % n == 0 else None
+
+
+def _wanted_axes(path: str, shape: tuple[int, ...]) -> list[str | None]:
+    """The mesh axis each dimension of a parameter is split over when it divides (the table)."""
+    if len(shape) < 2:
+        return [None] * len(shape)
+    pair = ["model", "data"] if _ROW_PARALLEL.search(path) else ["data", "model"]
+    return [None] * (len(shape) - 2) + pair
 
 
 def _spelled(entries: list[Any]) -> PartitionSpec:
@@ -86,14 +88,22 @@ def _spelled(entries: list[Any]) -> PartitionSpec:
 
 def param_spec(path: str, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> PartitionSpec:
     """The layout of one parameter (see the module table)."""
-    if len(shape) < 2:
-        return PartitionSpec()
-    d_in, d_out = shape[-2:]
-    if _ROW_PARALLEL.search(path):
-        pair = [_axis(mesh, "model", d_in), _axis(mesh, "data", d_out)]
-    else:
-        pair = [_axis(mesh, "data", d_in), _axis(mesh, "model", d_out)]
-    return _spelled([None] * (len(shape) - 2) + pair)
+    wanted = _wanted_axes(path, shape)
+    return _spelled([_axis(mesh, a, d) for a, d in zip(wanted, shape, strict=True)])
+
+
+def kept_whole(params: Any, mesh: jax.sharding.Mesh) -> list[str]:
+    """``"path (axis)"`` for each parameter dimension that its axis does not divide.
+
+    Those dimensions stay whole along the axis (see the module docstring).
+    """
+    found = []
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name, shape = path_to_str(path), tuple(np.shape(x))
+        for axis, size in zip(_wanted_axes(name, shape), shape, strict=True):
+            if axis and dict(mesh.shape).get(axis, 1) > 1 and not _axis(mesh, axis, size):
+                found.append(f"{name} ({axis})")
+    return found
 
 
 def param_shardings(params: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -121,6 +131,7 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh) -> Any:
     return jax.tree.map(sharding, state)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, batch_size: int) -> NamedSharding:
-    """Inputs and targets (batch, context): batch over ``data`` when it divides."""
-    return NamedSharding(mesh, _spelled([_axis(mesh, "data", batch_size)]))
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Inputs and targets (batch, context): batch over ``data`` (``TrainConfig`` checks that it
+    divides the batch)."""
+    return NamedSharding(mesh, _spelled(["data" if "data" in mesh.axis_names else None]))

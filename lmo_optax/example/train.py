@@ -5,8 +5,10 @@
 1. ``load_data``: the byte corpus, split into train and validation.
 2. ``build``: the model, the optimizer and the jitted step (laid out on a device mesh with
    ``cfg.mesh``), as a ``Run`` at step 0.
-3. ``restore`` with ``resume``: the latest checkpoint's parameters, optimizer state and step;
-   without it, ``start_fresh`` deletes what an earlier run left in the folder.
+3. ``checkpoints.prepare_out_dir`` and, with ``resume``, ``checkpoints.find_resume_point``,
+   ``accept_resume_point`` and ``restore``: the run's folder, then the parameters, optimizer
+   state and step of its latest intact checkpoint (how faults lose nothing: the docstring of
+   ``lmo_optax.example.checkpoints``).
 4. ``loop``: the steps, validation, ``metrics.jsonl``, the progress line and checkpoints.
 5. ``finish``: a text sample and ``result.json``.
 
@@ -35,9 +37,10 @@ import optax
 import orbax.checkpoint as ocp
 
 import lmo_optax
-from lmo_optax.example import optimizers, parallel
+from lmo_optax.example import checkpoints, optimizers, parallel
 from lmo_optax.example.config import TrainConfig
 from lmo_optax.example.data import ByteDataset
+from lmo_optax.example.errors import ConfigError
 from lmo_optax.example.model import GPT, generate, loss_fn
 
 
@@ -129,6 +132,15 @@ class LoopStats:
     tokens_per_s: float = 0.0
     wall_time_s: float = 0.0
 
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]]) -> LoopStats:
+        """The measurements that ``metrics.jsonl``'s ``rows`` end with (a resumed run's start)."""
+        if not rows:
+            return cls()
+        vals = [row["val_loss"] for row in rows if "val_loss" in row]
+        last = rows[-1]
+        return cls(last["train_loss"], vals[-1] if vals else math.nan, last["tokens_per_s"])
+
 
 def train(
     cfg: TrainConfig,
@@ -136,6 +148,7 @@ def train(
     out_dir: str | pathlib.Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_after: int | None = None,
     verbose: bool = True,
 ) -> RunResult:
@@ -146,32 +159,38 @@ def train(
       optimizer_name: a key of ``cfg.optimizers``.
       out_dir: the run's folder: ``metrics.jsonl``, ``checkpoints/``, ``sample.txt`` and
         ``result.json``.
-      resume: continue from the latest checkpoint in ``out_dir``; otherwise the run starts
-        over and replaces the metrics and checkpoints an earlier run left there.
+      resume: continue from the latest intact checkpoint in ``out_dir`` (see the module
+        docstring for damaged ones); step 0 when there is none.
+      overwrite: delete the metrics and checkpoints of an earlier run in ``out_dir`` first.
+        Without ``resume`` or ``overwrite``, a folder that holds an earlier run is an error.
       stop_after: stop (with a checkpoint) after this many steps, to simulate an interrupted
         run; ``cfg.steps`` still sets the schedule.
-      verbose: print the rules table, the mesh and the model's size (the progress line goes to
-        stderr either way).
+      verbose: print the rules table, the mesh and the model's size (the progress line and
+        warnings go to stderr either way).
 
     Raises:
-      ValueError: ``optimizer_name`` has no entry in ``cfg.optimizers``.
-      FileNotFoundError: ``resume`` is set and ``out_dir`` holds no checkpoint.
+      ConfigError: a setting that cannot be honoured: ``optimizer_name`` has no entry in
+        ``cfg.optimizers``, the data, the mesh (more devices than JAX sees), the output folder
+        (a file, an earlier run, both ``resume`` and ``overwrite``), or ``resume`` finds only
+        damaged checkpoints or one saved with other shapes or past ``cfg.steps``.
       FloatingPointError: the training loss became NaN or infinite.
     """
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     log = print if verbose else _silent
+    checkpoints.check_out_dir(out, resume=resume, overwrite=overwrite)
+    point = checkpoints.find_resume_point(out / "checkpoints") if resume else None
     data = load_data(cfg)
     run = build(cfg, optimizer_name, data, log)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    with checkpoint_manager(out / "checkpoints", cfg.keep_checkpoints) as manager:
-        if resume:
-            restore(run, manager)
-            log(f"resumed from {manager.directory} at step {run.step}")
-        else:
-            start_fresh(manager)
+    checkpoints.prepare_out_dir(out, overwrite=overwrite, log=log)
+    if point is not None:
+        checkpoints.accept_resume_point(point, run.state, cfg.steps, out / checkpoints.REJECTED)
+    with checkpoints.Checkpoints(out / "checkpoints", cfg.keep_checkpoints) as saved:
+        if point is not None and point.step is not None:
+            restore(run, saved, point.step)
+            log(f"resumed from {saved.directory / f'step_{point.step}'}")
         truncate_metrics(out / "metrics.jsonl", run.step)
-        stats = loop(run, manager, out / "metrics.jsonl", end)
+        stats = loop(run, saved, out / "metrics.jsonl", end)
     return finish(run, stats, out)
 
 
@@ -201,7 +220,7 @@ def build(
     those layouts.
     """
     if optimizer_name not in cfg.optimizers:
-        raise ValueError(
+        raise ConfigError(
             f"optimizer {optimizer_name!r} has no entry in the config's optimizers "
             f"(have: {', '.join(cfg.optimizers)})"
         )
@@ -218,8 +237,14 @@ def build(
 
     if cfg.mesh:
         mesh = parallel.parse_mesh(cfg.mesh)
-        params, opt_state, batch_sharding, step_jit = _lay_out_on_mesh(params, tx, mesh, cfg)
+        params, opt_state, batch_sharding, step_jit = _lay_out_on_mesh(params, tx, mesh)
         log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
+        whole = parallel.kept_whole(params, mesh)
+        if whole:
+            log(
+                f"mesh: {len(whole)} parameter dimensions stay whole along an axis that does "
+                f"not divide them: {', '.join(whole[:4])}" + (", …" if len(whole) > 4 else "")
+            )
     else:
         opt_state, batch_sharding, step_jit = tx.init(params), None, jax.jit
 
@@ -250,7 +275,7 @@ def build(
 
 
 def _lay_out_on_mesh(
-    params: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, cfg: TrainConfig
+    params: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
 ) -> tuple[Any, Any, jax.sharding.Sharding, Callable[[Callable], Callable]]:
     """Sharded params and optimizer state, the batch layout, and a ``jax.jit`` that keeps them.
 
@@ -262,7 +287,7 @@ def _lay_out_on_mesh(
     opt_state = tx.init(params)
     opt_shardings = parallel.state_shardings(opt_state, mesh)
     opt_state = jax.device_put(opt_state, opt_shardings)
-    batch = parallel.batch_sharding(mesh, cfg.batch_size)
+    batch = parallel.batch_sharding(mesh)
     scalar = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     step_jit = functools.partial(
         jax.jit,
@@ -272,45 +297,20 @@ def _lay_out_on_mesh(
     return params, opt_state, batch, step_jit
 
 
-# 3. Checkpoints: restore or start fresh.
+# 3. The output folder and checkpoints: lmo_optax.example.checkpoints.
 
 
-def checkpoint_manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
-    """Orbax's manager of the run's checkpoints, one folder per step (``step_<N>``).
-
-    It keeps the latest ``keep``, finds the latest for ``restore``, and saves atomically (on a
-    local disk a step's folder is written under a temporary name and renamed once complete, so
-    an interrupted save never looks like a checkpoint). Saves run in the background; use the
-    manager in a ``with`` block, which waits for the last save and closes it.
-    """
-    options = ocp.CheckpointManagerOptions(
-        step_prefix="step",
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-        cleanup_tmp_directories=True,  # what a killed save left behind
-    )
-    return ocp.CheckpointManager(directory.resolve(), options=options)
-
-
-def restore(run: Run, manager: ocp.CheckpointManager) -> None:
-    """Loads the latest checkpoint into ``run``: parameters, optimizer state and step.
+def restore(run: Run, saved: checkpoints.Checkpoints, step: int) -> None:
+    """Loads the checkpoint of ``step`` into ``run``: parameters, optimizer state and step.
 
     The abstract target carries each array's sharding, so on a mesh every array comes back in
     the layout the jitted step expects.
     """
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {manager.directory}")
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state
     )
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    restored = saved.manager.restore(step, args=ocp.args.StandardRestore(abstract))
     run.params, run.opt_state, run.step = restored["params"], restored["opt_state"], step
-
-
-def start_fresh(manager: ocp.CheckpointManager) -> None:
-    """Deletes the checkpoints of an earlier run in the same folder (a new run replaces them)."""
-    for step in manager.all_steps():
-        manager.delete(step)
 
 
 def truncate_metrics(path: pathlib.Path, step: int) -> None:
@@ -326,7 +326,7 @@ def truncate_metrics(path: pathlib.Path, step: int) -> None:
 
 
 def loop(
-    run: Run, manager: ocp.CheckpointManager, metrics_path: pathlib.Path, end: int
+    run: Run, saved: checkpoints.Checkpoints, metrics_path: pathlib.Path, end: int
 ) -> LoopStats:
     """Trains ``run`` from its step to ``end``, then saves a checkpoint at ``end``.
 
@@ -336,7 +336,7 @@ def loop(
     """
     cfg = run.cfg
     progress = Progress(cfg.steps, run.optimizer, every=cfg.log_every)
-    stats = LoopStats()
+    stats = LoopStats.of(read_metrics(metrics_path))
     tokens_per_step = cfg.batch_size * cfg.model.context
     t_start = time.perf_counter()
     with metrics_path.open("a") as metrics:
@@ -366,16 +366,11 @@ def loop(
             metrics.flush()
             progress.update(step, stats.train_loss, stats.tokens_per_s, val)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save(run, manager)
-    save(run, manager)
-    manager.wait_until_finished()
+                saved.save(run.step, run.state)
+    saved.save(run.step, run.state)
+    saved.seal()
     stats.wall_time_s = time.perf_counter() - t_start
     return stats
-
-
-def save(run: Run, manager: ocp.CheckpointManager) -> None:
-    """Saves ``run``'s state as the checkpoint of its step (nothing if that step has one)."""
-    manager.save(run.step, args=ocp.args.StandardSave(run.state))
 
 
 class Progress:
@@ -443,8 +438,24 @@ def finish(run: Run, stats: LoopStats, out: pathlib.Path) -> RunResult:
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``, one dict per step."""
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+    """The records of a ``metrics.jsonl``, one dict per step.
+
+    An unfinished last line (no newline: the run was killed while writing it) is left out.
+
+    Raises:
+      ConfigError: a finished line is not a JSON record with a ``step``.
+    """
+    lines = pathlib.Path(path).read_text().split("\n")[:-1]  # the part after the last newline
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or "step" not in row:
+            raise ConfigError(f"{path}, line {number}: not a metrics record: {line[:80]!r}")
+        rows.append(row)
+    return rows
 
 
 def plot(results: list[RunResult], path: str | pathlib.Path, title: str = "") -> None:
