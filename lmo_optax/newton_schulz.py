@@ -28,7 +28,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmo_optax import scaling, validation
+
 Coefficients = tuple[float, float, float]
+
+
+def _triples(coeffs: object) -> np.ndarray | None:
+    """``coeffs`` as an (n, 3) float64 array of finite numbers (n ≥ 1), or None."""
+    try:
+        array = np.asarray(coeffs, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    ok = array.ndim == 2 and array.shape[0] > 0 and array.shape[1] == 3
+    return array if ok and np.isfinite(array).all() else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,16 +61,17 @@ class CoefficientTable:
     safety: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.steps or any(len(t) != 3 for t in self.steps):
-            raise ValueError(f"coefficient table {self.name!r} needs one or more (a, b, c) triples")
-
-    def schedule(self, num_steps: int) -> tuple[Coefficients, ...]:
-        """The coefficient triples of ``num_steps`` steps."""
-        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
+        if _triples(self.steps) is None:
             raise ValueError(
-                f"Newton–Schulz needs a positive integer step count, got {num_steps!r}"
+                f"coefficient table {self.name!r} needs one or more (a, b, c) triples of "
+                f"finite numbers, got {self.steps!r}"
             )
-        num_steps = int(num_steps)
+        validation.number(f"coefficient table {self.name!r}: safety", self.safety, low=1)
+
+    def schedule(self, num_steps: int, *, argument: str = "num_steps") -> tuple[Coefficients, ...]:
+        """The coefficient triples of ``num_steps`` steps (a positive integer; ``argument``
+        names it in the error)."""
+        num_steps = validation.positive_int(argument, num_steps)
         listed = self.steps[:num_steps]
         return listed + (self.steps[-1],) * (num_steps - len(listed))
 
@@ -112,8 +125,11 @@ DEFAULT_STEPS = 5
 CoeffsLike = str | CoefficientTable | Coefficients | Sequence[Coefficients]
 
 
-def coefficient_table(coeffs: CoeffsLike) -> CoefficientTable:
-    """Turns a table name, a table, one (a, b, c) triple or a list of triples into a table."""
+def coefficient_table(coeffs: CoeffsLike, *, argument: str = "coeffs") -> CoefficientTable:
+    """Turns a table name, a table, one (a, b, c) triple or a list of triples into a table.
+
+    ``argument`` names the argument the coefficients came from in error messages.
+    """
     if isinstance(coeffs, CoefficientTable):
         return coeffs
     if isinstance(coeffs, str):
@@ -121,24 +137,17 @@ def coefficient_table(coeffs: CoeffsLike) -> CoefficientTable:
             return COEFFICIENT_TABLES[coeffs]
         except KeyError:
             raise ValueError(
-                f"unknown Newton–Schulz coefficient table {coeffs!r}; "
+                f"{argument}: unknown Newton–Schulz coefficient table {coeffs!r}; "
                 f"known tables: {sorted(COEFFICIENT_TABLES)}, or pass (a, b, c) triples"
             ) from None
-    try:
-        array = np.asarray(coeffs, dtype=np.float64)
-    except (TypeError, ValueError):
-        array = np.zeros((0, 0))
-    if array.ndim == 1 and array.shape == (3,):
-        array = array[None, :]
-    if (
-        array.ndim != 2
-        or array.shape[0] == 0
-        or array.shape[1] != 3
-        or not np.isfinite(array).all()
-    ):
+    array = _triples(coeffs)
+    if array is None:
+        array = _triples([coeffs])  # one (a, b, c) triple
+    if array is None:
         raise ValueError(
-            f"Newton–Schulz coefficients must be a table name {sorted(COEFFICIENT_TABLES)}, "
-            f"an (a, b, c) triple or a sequence of triples, got {coeffs!r}"
+            f"{argument}: Newton–Schulz coefficients must be a table name "
+            f"{sorted(COEFFICIENT_TABLES)}, an (a, b, c) triple or a sequence of triples of "
+            f"finite numbers, got {coeffs!r}"
         )
     steps = tuple(tuple(float(x) for x in row) for row in array)
     return CoefficientTable("custom", steps)
@@ -147,11 +156,12 @@ def coefficient_table(coeffs: CoeffsLike) -> CoefficientTable:
 def _safe_frobenius_normalize(x: jax.Array, safety: float) -> jax.Array:
     """x / (safety·‖x‖_F) per matrix, exactly scale invariant, 0 ↦ 0, no overflow.
 
-    Dividing by the largest entry first keeps the sum of squares finite for huge inputs and
-    avoids an additive ε (which would break scale invariance for tiny ones).
+    Scaling by the power of two that brings the largest entry into [½, 1) first (exact; no
+    division by a huge or tiny number, ``lmo_optax.scaling``) keeps the sum of squares
+    finite over the dtype's whole range and avoids an additive ε (which would break scale
+    invariance for tiny inputs).
     """
-    peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-    x = x / jnp.where(peak > 0, peak, 1)
+    x, _ = scaling.to_unit_peak(x, (-2, -1))
     fro = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
     return x / (safety * jnp.where(fro > 0, fro, 1))
 
@@ -285,17 +295,19 @@ def orthogonalize(
              [0., 1.]], dtype=float32)
     """
     table = coefficient_table(coeffs)
-    schedule = table.schedule(steps)
+    schedule = table.schedule(steps, argument="steps")
+    validation.one_of("orthogonalize: method", method, ("auto", "standard", "gram"))
+    validation.floating_array("orthogonalize: g", g)
     if g.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix (ndim >= 2), got shape {g.shape}")
+    dtype = validation.floating_dtype("orthogonalize: dtype", dtype)
     if dtype is None:
         dtype = jnp.promote_types(g.dtype, jnp.float32)
-    dtype = jnp.dtype(dtype)
+    if g.size == 0:
+        return g  # no entries: nothing to orthogonalize
     rows, cols = g.shape[-2:]
     if method == "auto":
         method = choose_method(rows, cols, len(schedule), dtype)
-    if method not in ("standard", "gram"):
-        raise ValueError(f"method must be 'auto', 'standard' or 'gram', got {method!r}")
     x = _safe_frobenius_normalize(g.astype(dtype), table.safety)
     tall = rows > cols
     matmul = matmul or _plain_matmul

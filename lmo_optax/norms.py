@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmo_optax import layouts, newton_schulz
+from lmo_optax import layouts, newton_schulz, scaling, validation
 
 Shape = tuple[int, ...]
 Axes = tuple[int, ...]
@@ -52,20 +52,35 @@ def _safe_divide(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.where(positive, x / jnp.where(positive, y, 1), 0)
 
 
+def _is_int(a: object) -> bool:
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+
+
 def _as_axes(axes: int | Sequence[int]) -> Axes:
-    return (int(axes),) if isinstance(axes, (int, np.integer)) else tuple(int(a) for a in axes)
+    return (int(axes),) if _is_int(axes) else tuple(int(a) for a in axes)
 
 
-def _l2(x: jax.Array, axes: Axes) -> jax.Array:
-    """‖x‖₂ over ``axes`` (keepdims), computed without overflow for large entries."""
-    peak = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-    peak = jnp.where(peak > 0, peak, 1)
-    return peak * jnp.sqrt(jnp.sum(jnp.square(x / peak), axis=axes, keepdims=True))
+def _check_axes(name: str, axes: object, optional: bool = False) -> None:
+    """Raises TypeError unless ``axes`` is an int or a sequence of ints (or None if optional)."""
+    if optional and axes is None:
+        return
+    if _is_int(axes):
+        return
+    if isinstance(axes, Sequence) and not isinstance(axes, str) and all(map(_is_int, axes)):
+        return
+    allowed = "an int or a sequence of ints" + (" or None" if optional else "")
+    raise TypeError(f"{name} must be {allowed}, got {axes!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Norm:
     """Base class: a norm, its unit-ball LMO, its dual norm and its boundary init."""
+
+    def __post_init__(self) -> None:
+        # Every flag is a bool: a truthy string or number would silently pick a variant.
+        for field in dataclasses.fields(self):
+            if field.type in ("bool", bool):
+                validation.flag(f"{type(self).__name__}.{field.name}", getattr(self, field.name))
 
     def for_shape(self, shape: Shape) -> Norm:
         """The concrete norm for a parameter of this shape (``Auto`` chooses; others: self)."""
@@ -77,7 +92,16 @@ class Norm:
         del shape
 
     def scale(self, shape: Shape) -> float:
-        """The dimension factor of the LMO (e.g. √(d_out/d_in) for Spectral), for tables."""
+        """The dimension factor s of the LMO (e.g. √(d_out/d_in) for Spectral; §1.2).
+
+        A parameter with no entries has factor 1: there is nothing to scale, its LMO is empty
+        and its norm and dual norm are 0.
+        """
+        self.check(shape)
+        return 1.0 if math.prod(shape) == 0 else self.dimension_factor(shape)
+
+    def dimension_factor(self, shape: Shape) -> float:
+        """The factor s for a ``shape`` with at least one entry (subclasses define it)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -108,6 +132,11 @@ class MatrixNorm(Norm):
 
     reduction_axes: int | Sequence[int] = -2
     output_axes: int | Sequence[int] = -1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_axes(f"{type(self).__name__}.reduction_axes", self.reduction_axes)
+        _check_axes(f"{type(self).__name__}.output_axes", self.output_axes)
 
     def axes(self, shape: Shape) -> tuple[Axes, Axes, Axes]:
         """(reduction, output, batch) axes as sorted non-negative indices for ``shape``."""
@@ -191,20 +220,20 @@ class Spectral(MatrixNorm):
     method: Literal["newton_schulz", "svd"] = "newton_schulz"
 
     def __post_init__(self) -> None:
-        if self.method not in ("newton_schulz", "svd"):
-            raise ValueError(
-                f"Spectral method must be 'newton_schulz' or 'svd', got {self.method!r}"
-            )
-
-    def check(self, shape: Shape) -> None:
-        super().check(shape)
+        super().__post_init__()
+        name = type(self).__name__
+        validation.one_of(f"{name}.method", self.method, ("newton_schulz", "svd"))
         if self.coeffs is not None:
-            newton_schulz.coefficient_table(self.coeffs)
+            newton_schulz.coefficient_table(self.coeffs, argument=f"{name}.coeffs")
+        if self.steps is not None:
+            object.__setattr__(self, "steps", validation.positive_int(f"{name}.steps", self.steps))
+        dtype = validation.floating_dtype(f"{name}.dtype", self.dtype)
+        object.__setattr__(self, "dtype", None if dtype is None else dtype.name)
 
     def describe(self) -> str:
         return "Spectral(input)" if self.input_layer else "Spectral"
 
-    def scale(self, shape: Shape) -> float:
+    def dimension_factor(self, shape: Shape) -> float:
         d_in, d_out = self.dims(shape)
         s = math.sqrt(d_out / d_in)
         return max(1.0, s) if self.input_layer else s
@@ -233,8 +262,11 @@ class Spectral(MatrixNorm):
         :mod:`lmo_optax.strategies` passes one that keeps the matrices sharded); None
         multiplies plainly.
         """
+        if m.size == 0:
+            return m
         if self.method == "svd":
-            u, s, vt = jnp.linalg.svd(m.astype(_compute_dtype(m)), full_matrices=False)
+            y, _ = scaling.to_unit_peak(m.astype(_compute_dtype(m)), (-2, -1))  # §1.4
+            u, s, vt = jnp.linalg.svd(y, full_matrices=False)
             # Drop directions of exactly zero singular value so that lmo(0) = 0.
             keep = (s > 0).astype(u.dtype)[..., None, :]
             return ((u * keep) @ vt).astype(m.dtype)
@@ -242,6 +274,7 @@ class Spectral(MatrixNorm):
         return newton_schulz.orthogonalize(m, coeffs=table, steps=steps, dtype=dtype, matmul=matmul)
 
     def lmo(self, g: jax.Array) -> jax.Array:
+        validation.floating_array(f"{self.describe()}.lmo's input", g)
         # One parameter at a time; scale_by_lmo shares the work of many across devices
         # (lmo_optax.strategies). Under Explicit mesh axes the matrix is used whole.
         return layouts.on_whole(self._lmo, g)
@@ -251,23 +284,31 @@ class Spectral(MatrixNorm):
         o = self.polar(m.astype(_compute_dtype(g))) * (-self.scale(g.shape))
         return self.from_matrices(o, g.shape).astype(g.dtype)
 
-    def _singular_values(self, x: jax.Array) -> jax.Array:
-        def svals(x: jax.Array) -> jax.Array:
-            m = self.as_matrices(x).astype(_compute_dtype(x))
-            return jnp.linalg.svd(m, compute_uv=False)
-
-        return svals(layouts.gather(x))
+    def _singular_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(s, e): the singular values of each matrix of x are s·2^e, e one exponent per
+        matrix (§1.4: the SVD runs on the matrix scaled to a peak in [½, 1))."""
+        m = self.as_matrices(layouts.gather(x)).astype(_compute_dtype(x))
+        y, e = scaling.to_unit_peak(m, (-2, -1))
+        if m.size == 0:
+            s = jnp.zeros(m.shape[:-2] + (min(m.shape[-2:]),), m.dtype)
+        else:
+            s = jnp.linalg.svd(y, compute_uv=False)
+        return s, e[..., 0]
 
     def norm(self, w: jax.Array) -> jax.Array:
-        return jnp.max(self._singular_values(w)) / self.scale(w.shape)
+        s, e = self._singular_values(w)
+        return scaling.reduce_scaled(s, e, scaling.max_of, 1 / self.scale(w.shape))
 
     def dual_norm(self, g: jax.Array) -> jax.Array:
-        return jnp.sum(self._singular_values(g)) * self.scale(g.shape)
+        s, e = self._singular_values(g)
+        return scaling.reduce_scaled(s, e, scaling.sum_of, self.scale(g.shape))
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         """Semi-orthogonal matrices (QR with Q·sign(diag R)) times the LMO's factor."""
         red, out, batch = self.axes(shape)
         d_in, d_out = self.dims(shape)
+        if math.prod(shape) == 0:
+            return jnp.zeros(shape, dtype)
         batch_shape = tuple(shape[a] for a in batch)
         tall = d_in >= d_out
         z = jax.random.normal(key, batch_shape + ((d_in, d_out) if tall else (d_out, d_in)))
@@ -298,7 +339,7 @@ class SpectralConv(Spectral):
     def describe(self) -> str:
         return "SpectralConv(input)" if self.input_layer else "SpectralConv"
 
-    def scale(self, shape: Shape) -> float:
+    def dimension_factor(self, shape: Shape) -> float:
         c_in, c_out = shape[-2], shape[-1]
         s = math.sqrt(c_out / c_in) / math.prod(shape[:-2])
         return max(1.0, s) if self.input_layer else s
@@ -324,24 +365,35 @@ class GroupedL2(Norm):
         """The axes that one ℓ2 norm runs over."""
         raise NotImplementedError
 
+    def _unit_groups(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(y, n, e): x = y·2^e with each group at a peak in [½, 1) (§1.4), n = ‖y_group‖₂,
+        so ‖x_group‖₂ = n·2^e; all keepdims, in at least float32."""
+        axes = self.l2_axes(x.shape)
+        y, e = scaling.to_unit_peak(x.astype(_compute_dtype(x)), axes)
+        return y, jnp.sqrt(jnp.sum(y * y, axis=axes, keepdims=True)), e
+
     def group_norms(self, x: jax.Array) -> jax.Array:
         """‖x_group‖₂ of every group (keepdims), in at least float32."""
-        return _l2(x.astype(_compute_dtype(x)), self.l2_axes(x.shape))
+        _, n, e = self._unit_groups(x)
+        return scaling.times_power_of_two(n, e)
 
     def lmo(self, g: jax.Array) -> jax.Array:
-        x = g.astype(_compute_dtype(g))
-        return (-self.scale(g.shape) * _safe_divide(x, self.group_norms(g))).astype(g.dtype)
+        validation.floating_array(f"{self.describe()}.lmo's input", g)
+        y, n, _ = self._unit_groups(g)
+        return (-self.scale(g.shape) * _safe_divide(y, n)).astype(g.dtype)
 
     def norm(self, w: jax.Array) -> jax.Array:
-        return jnp.max(self.group_norms(w)) / self.scale(w.shape)
+        _, n, e = self._unit_groups(w)
+        return scaling.reduce_scaled(n, e, scaling.max_of, 1 / self.scale(w.shape))
 
     def dual_norm(self, g: jax.Array) -> jax.Array:
-        return jnp.sum(self.group_norms(g)) * self.scale(g.shape)
+        _, n, e = self._unit_groups(g)
+        return scaling.reduce_scaled(n, e, scaling.sum_of, self.scale(g.shape))
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         self.check(shape)
-        z = jax.random.normal(key, shape)
-        return (self.scale(shape) * _safe_divide(z, self.group_norms(z))).astype(dtype)
+        z, n, _ = self._unit_groups(jax.random.normal(key, shape))
+        return (self.scale(shape) * _safe_divide(z, n)).astype(dtype)
 
 
 # ColNorm: 1 → RMS. Row i of K (input unit i): lmo = −√d_out · g[i,:]/‖g[i,:]‖₂  (§3.5)
@@ -364,7 +416,7 @@ class ColNorm(GroupedL2, MatrixNorm):
     def l2_axes(self, shape: Shape) -> Axes:
         return self.axes(shape)[1]  # one ℓ2 norm over the outputs of each input unit
 
-    def scale(self, shape: Shape) -> float:
+    def dimension_factor(self, shape: Shape) -> float:
         d_in, d_out = self.dims(shape)
         return math.sqrt(d_out) / (d_in if self.fan_in_scaled else 1)
 
@@ -389,7 +441,7 @@ class RowNorm(GroupedL2, MatrixNorm):
     def l2_axes(self, shape: Shape) -> Axes:
         return self.axes(shape)[0]  # one ℓ2 norm over the inputs of each output unit
 
-    def scale(self, shape: Shape) -> float:
+    def dimension_factor(self, shape: Shape) -> float:
         d_in, _ = self.dims(shape)
         return 1 / math.sqrt(d_in) if self.fan_in_scaled else 1.0
 
@@ -419,17 +471,25 @@ class Sign(MatrixNorm):
     def describe(self) -> str:
         return "Sign(1/d_in)" if self.fan_in_scaled else "Sign"
 
-    def scale(self, shape: Shape) -> float:
+    def dimension_factor(self, shape: Shape) -> float:
         return 1 / self.dims(shape)[0] if self.fan_in_scaled else 1.0
 
     def lmo(self, g: jax.Array) -> jax.Array:
+        validation.floating_array(f"{self.describe()}.lmo's input", g)
         return (-self.scale(g.shape) * jnp.sign(g.astype(_compute_dtype(g)))).astype(g.dtype)
 
+    def _unit_entries(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(|y|, e) with x = y·2^e and max |y| in [½, 1) (§1.4), in at least float32."""
+        y, e = scaling.to_unit_peak(x.astype(_compute_dtype(x)), tuple(range(x.ndim)))
+        return jnp.abs(y), e
+
     def norm(self, w: jax.Array) -> jax.Array:
-        return jnp.max(jnp.abs(w.astype(_compute_dtype(w)))) / self.scale(w.shape)
+        return scaling.reduce_scaled(
+            *self._unit_entries(w), scaling.max_of, 1 / self.scale(w.shape)
+        )
 
     def dual_norm(self, g: jax.Array) -> jax.Array:
-        return jnp.sum(jnp.abs(g.astype(_compute_dtype(g)))) * self.scale(g.shape)
+        return scaling.reduce_scaled(*self._unit_entries(g), scaling.sum_of, self.scale(g.shape))
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         return (self.scale(shape) * jax.random.rademacher(key, shape, jnp.float32)).astype(dtype)
@@ -466,6 +526,11 @@ class RMS(GroupedL2):
     axes: int | Sequence[int] | None = None
     init_value: Literal["zeros", "ones", "sphere"] = "zeros"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_axes("RMS.axes", self.axes, optional=True)
+        validation.one_of("RMS.init_value", self.init_value, ("zeros", "ones", "sphere"))
+
     def l2_axes(self, shape: Shape) -> Axes:
         ndim = len(shape)
         if self.axes is None:
@@ -477,12 +542,8 @@ class RMS(GroupedL2):
 
     def check(self, shape: Shape) -> None:
         self.l2_axes(shape)
-        if self.init_value not in ("zeros", "ones", "sphere"):
-            raise ValueError(
-                f"RMS init_value must be zeros, ones or sphere, got {self.init_value!r}"
-            )
 
-    def scale(self, shape: Shape) -> float:
+    def dimension_factor(self, shape: Shape) -> float:
         return math.sqrt(math.prod(shape[a] for a in self.l2_axes(shape)))
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
@@ -518,8 +579,8 @@ class Auto(Norm):
     def check(self, shape: Shape) -> None:
         self.for_shape(shape).check(shape)
 
-    def scale(self, shape: Shape) -> float:
-        return self.for_shape(shape).scale(shape)
+    def dimension_factor(self, shape: Shape) -> float:
+        return self.for_shape(shape).dimension_factor(shape)
 
     def lmo(self, g: jax.Array) -> jax.Array:
         return self.for_shape(g.shape).lmo(g)

@@ -39,8 +39,11 @@ def scion(
     """Scion, constrained (SCG, the paper's default): x_ℓ ← (1 − γ)·x_ℓ + γ·ρ_ℓ·lmo_ℓ(d_ℓ).
 
     Args:
-      learning_rate: γ ∈ [0, 1], a float or an optax schedule (the paper uses no warmup and
-        a linear warmdown).
+      learning_rate: γ, a number or an optax schedule (the paper uses no warmup and a linear
+        warmdown). A constant must be in [0, 1] for SCG and a finite number ≥ 0 for uSCG
+        (checked here). A schedule's values are not checked: with SCG, γ > 1 leaves the ball,
+        γ < 0 ascends (for uSCG too), and a non-finite γ makes the parameters non-finite; see
+        :func:`~lmo_optax.scion_step`.
       rules: list of :class:`~lmo_optax.Rule`, a preset name (``"gpt"``, ``"gpt_tied"``,
         ``"vit"``, ``"cnn"``, ``"mlp"``, ``"auto"``), or None: ``Auto`` by shape with radius 1.
       constrained: True for SCG, a convex combination that keeps x_ℓ in the ball of radius

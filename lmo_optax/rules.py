@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmo_optax import norms as norms_lib
+from lmo_optax import validation
 from lmo_optax.paths import path_to_str
 
 Shape = tuple[int, ...]
@@ -60,7 +60,9 @@ class Rule:
       pattern: a glob on the "/"-joined path (``*`` matches across "/"), or a regular
         expression searched in the path when ``regex`` is True.
       norm: the unit-ball norm (a :class:`~lmo_optax.norms.Norm`; ``Auto()`` chooses by shape).
-      radius: the radius ρ_ℓ of the parameter's ball; the LMO stage outputs ρ_ℓ·lmo(d).
+      radius: the radius ρ_ℓ of the parameter's ball; the LMO stage outputs ρ_ℓ·lmo(d). A
+        finite number > 0 of any real scalar type (NumPy and concrete JAX scalars included),
+        stored as a float.
       regex: treat ``pattern`` as a regular expression.
       ndim: only parameters with this number of axes (an int or a tuple of ints).
       shape: only parameters of this shape (None entries match any size).
@@ -80,20 +82,26 @@ class Rule:
     name: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str):
+            raise TypeError(f"Rule pattern must be a string, got {self.pattern!r}")
+        where = f"Rule {self.pattern!r}"
         if not isinstance(self.norm, norms_lib.Norm):
-            raise TypeError(
-                f"Rule {self.pattern!r}: norm must be a lmo_optax Norm, got {self.norm!r}"
-            )
-        if not (
-            isinstance(self.radius, (int, float)) and math.isfinite(self.radius) and self.radius > 0
-        ):
-            raise ValueError(
-                f"Rule {self.pattern!r}: radius must be a positive number, got {self.radius!r}"
-            )
-        if self.select not in ("all", "first", "last"):
-            raise ValueError(f"Rule {self.pattern!r}: select must be all, first or last")
+            raise TypeError(f"{where}: norm must be a lmo_optax Norm, got {self.norm!r}")
+        radius = validation.positive_number(f"{where}: radius", self.radius, concrete=True)
+        object.__setattr__(self, "radius", radius)
+        validation.flag(f"{where}: regex", self.regex)
+        if self.ndim is not None:
+            object.__setattr__(self, "ndim", _sizes(f"{where}: ndim", self.ndim, scalar_ok=True))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", _sizes(f"{where}: shape", self.shape, none_ok=True))
+        validation.one_of(f"{where}: select", self.select, ("all", "first", "last"))
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"{where}: name must be None or a string, got {self.name!r}")
         if self.regex:
-            re.compile(self.pattern)
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ValueError(f"{where}: not a valid regular expression: {e}") from None
 
     @property
     def label(self) -> str:
@@ -102,7 +110,7 @@ class Rule:
     def matches(self, path: str, shape: Shape) -> bool:
         """Whether the path and shape conditions hold (``select`` is applied by the resolver)."""
         if self.ndim is not None:
-            allowed = (self.ndim,) if isinstance(self.ndim, int) else tuple(self.ndim)
+            allowed = (self.ndim,) if isinstance(self.ndim, int) else self.ndim
             if len(shape) not in allowed:
                 return False
         if self.shape is not None and (
@@ -113,6 +121,25 @@ class Rule:
         if self.regex:
             return re.search(self.pattern, path) is not None
         return fnmatch.fnmatchcase(path, self.pattern)
+
+
+def _sizes(name: str, value: Any, *, scalar_ok: bool = False, none_ok: bool = False) -> Any:
+    """``value`` checked to be a tuple (or list) of ints ≥ 0 (and Nones if ``none_ok``), or
+    one int ≥ 0 if ``scalar_ok``; returned as a tuple of ints (or an int)."""
+    allowed = ("an int ≥ 0 or " if scalar_ok else "") + "a tuple of ints ≥ 0"
+    allowed += " and Nones" if none_ok else ""
+    scalar = scalar_ok and not isinstance(value, (tuple, list))
+    entries = (value,) if scalar else value
+    if not isinstance(entries, (tuple, list)) or not all(
+        (v is None and none_ok and not scalar)
+        or (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
+        for v in entries
+    ):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    if any(v is not None and v < 0 for v in entries):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    out = tuple(None if v is None else int(v) for v in entries)
+    return out[0] if scalar else out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,22 +193,10 @@ def assign(params: Any, rules: RulesLike = None) -> Any:
         not fit its shape, or whose dtype is not floating point.
     """
     rules = resolve_rules(rules)
+    validation.floating_leaves(params)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [path_to_str(p) for p, _ in leaves]
-    shapes = [tuple(np.shape(x)) for _, x in leaves]
-
-    bad_dtypes = [
-        f"{p} ({jnp.result_type(x).name})"
-        for p, (_, x) in zip(paths, leaves)
-        if not jnp.issubdtype(jnp.result_type(x), jnp.floating)
-    ]
-    if bad_dtypes:
-        raise ValueError(
-            "lmo_optax: LMO optimizers need floating-point parameters; these are not: "
-            + ", ".join(bad_dtypes)
-            + ". Leave them out of the optimizer (e.g. optax.partition or optax.masked), or "
-            "keep them outside the params pytree."
-        )
+    shapes = [validation.shape_of(x) for _, x in leaves]
 
     # Rules with select="first"/"last" match a single parameter among their candidates.
     selected: dict[int, int | None] = {}
@@ -261,19 +276,39 @@ def init_on_ball(key: jax.Array, params: Any, rules: RulesLike = None) -> Any:
     >>> round(float(Spectral().norm(p["w"])), 4)
     2.0
     """
+    _check_key(key)
     assignments = assign(params, rules)
     leaves, treedef = jax.tree_util.tree_flatten(
         assignments, is_leaf=lambda x: isinstance(x, Assignment)
     )
-    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
+    dtypes = [validation.dtype_of(x) for x in jax.tree.leaves(params)]
     keys = jax.random.split(key, max(len(leaves), 1))
     new = [a.radius * a.norm.init(k, a.shape, jnp.float32) for a, k in zip(leaves, keys)]
     return jax.tree_util.tree_unflatten(treedef, [x.astype(d) for x, d in zip(new, dtypes)])
 
 
+def _check_key(key: Any) -> None:
+    """Raises TypeError unless ``key`` is one JAX PRNG key (typed, or a raw uint32 vector)."""
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == jnp.uint32 and np.ndim(key) == 1
+    if not ((typed and np.shape(key) == ()) or raw):
+        raise TypeError(
+            f"init_on_ball: key must be one JAX PRNG key such as jax.random.key(0), got {key!r}"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Presets (paper Recommendation 3.1, Tables 3–4)
 # --------------------------------------------------------------------------------------------
+
+
+def _check_radii(preset: str, **radii: float | None) -> None:
+    """Each radius keyword of a preset is None (a default) or a finite number > 0."""
+    for name, value in radii.items():
+        if value is not None:
+            validation.positive_number(f"{preset}: {name}", value)
+
 
 _VECTOR = Rule("*", norms_lib.RMS(), 1.0, ndim=(0, 1), name="vectors")
 _POSITIONAL = r"(^|/)(wpe|pos\w*|position\w*)(/|$)"
@@ -343,6 +378,14 @@ def gpt_rules(
     124M nanoGPT run used hidden 50 and tied embedding 3000. ``vector_radius`` defaults to
     ``hidden_radius``.
     """
+    validation.flag("gpt_rules: tied", tied)
+    _check_radii(
+        "gpt_rules",
+        embedding_radius=embedding_radius,
+        hidden_radius=hidden_radius,
+        head_radius=head_radius,
+        vector_radius=vector_radius,
+    )
     vector_radius = hidden_radius if vector_radius is None else vector_radius
     if tied:
         embedding = Rule(
@@ -396,6 +439,13 @@ def vit_rules(
     Default radii are the paper's DeiT-base run (Auto radius 25, head Sign 500, positional
     embeddings RMS 25).
     """
+    _check_radii(
+        "vit_rules",
+        hidden_radius=hidden_radius,
+        head_radius=head_radius,
+        embedding_radius=embedding_radius,
+        vector_radius=vector_radius,
+    )
     embedding_radius = hidden_radius if embedding_radius is None else embedding_radius
     vector_radius = hidden_radius if vector_radius is None else vector_radius
     patch = r"(^|/)(patch\w*|embedding|stem|conv_proj|to_patch\w*)(/|$)"
@@ -444,6 +494,7 @@ def cnn_rules(*, radius: float = 8.0, head_radius: float = 128.0) -> list[Rule]:
     The first conv is the first 3-D or 4-D kernel in natural path order, the head the last
     2-D kernel.
     """
+    _check_radii("cnn_rules", radius=radius, head_radius=head_radius)
     return [
         Rule(
             "*kernel",
@@ -469,6 +520,7 @@ def mlp_rules(
     (``layers/2`` before ``layers/10``). ``head_radius`` and ``vector_radius`` default to
     ``radius``.
     """
+    _check_radii("mlp_rules", radius=radius, head_radius=head_radius, vector_radius=vector_radius)
     head_radius = radius if head_radius is None else head_radius
     vector_radius = radius if vector_radius is None else vector_radius
     return [
@@ -488,6 +540,7 @@ def mlp_rules(
 
 def auto_rules(radius: float = 1.0) -> list[Rule]:
     """One catch-all rule: ``Auto()`` chooses the norm from each parameter's shape."""
+    _check_radii("auto_rules", radius=radius)
     return [Rule("*", norms_lib.Auto(), radius, name="auto")]
 
 

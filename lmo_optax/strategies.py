@@ -79,7 +79,7 @@ def wide_matrices(norm: Spectral, g: jax.Array) -> jax.Array:
     """g as a (B, m, n) stack of matrices with m ≤ n (transposed when d_in > d_out)."""
     d_in, d_out = norm.dims(g.shape)
     m = norm.as_matrices(g.astype(jnp.promote_types(g.dtype, jnp.float32)))
-    m = m.reshape(-1, d_in, d_out)
+    m = m.reshape(math.prod(m.shape[:-2]), d_in, d_out)  # not -1: d_in or d_out may be 0
     return jnp.swapaxes(m, -1, -2) if d_in > d_out else m
 
 
@@ -245,11 +245,12 @@ STRATEGY_NAMES: tuple[str, ...] = ("auto", *STRATEGIES)
 StrategyName = Literal["auto", "replicate", "distribute", "sharded"]
 
 
-def check_strategy(strategy: str) -> None:
-    """Raises ValueError for an unknown strategy name."""
-    if strategy not in STRATEGY_NAMES:
+def check_strategy(strategy: str, argument: str = "strategy") -> None:
+    """Raises ValueError for an unknown strategy name (``argument`` names it)."""
+    if not (isinstance(strategy, str) and strategy in STRATEGY_NAMES):
         raise ValueError(
-            f"unknown Newton–Schulz sharding strategy {strategy!r}; choose one of {STRATEGY_NAMES}"
+            f"{argument}: unknown Newton–Schulz sharding strategy {strategy!r}; "
+            f"choose one of {STRATEGY_NAMES}"
         )
 
 

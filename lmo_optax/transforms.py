@@ -13,36 +13,16 @@ The mathematics of each stage is in ``docs/algorithm.md`` §2.1–§2.4.
 
 from __future__ import annotations
 
-import numbers
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from lmo_optax import layouts, newton_schulz, strategies
+from lmo_optax import layouts, newton_schulz, scaling, strategies, validation
 from lmo_optax import norms as norms_lib
 from lmo_optax import rules as rules_lib
-
-
-def _check_unit_interval(name: str, value: Any) -> None:
-    if isinstance(value, numbers.Real) and not 0 < float(value) <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-
-
-def _as_dtype(dtype: Any) -> jnp.dtype | None:
-    """A dtype from a dtype-like, or None.
-
-    ``optax.inject_hyperparams`` treats a scalar type such as ``jnp.bfloat16`` as a schedule
-    (it is callable) and injects ``jnp.bfloat16(count)``, an array; its dtype is the intended
-    one, so arrays are read by their dtype instead of converted (deprecated in JAX).
-    """
-    if dtype is None:
-        return None
-    if isinstance(dtype, (jax.Array, np.ndarray, np.generic)):
-        return jnp.dtype(dtype.dtype)
-    return jnp.dtype(dtype)
 
 
 def _zeros_like(x: Any, dtype: Any) -> jax.Array:
@@ -93,12 +73,16 @@ def average_gradients(
       >>> d
       Array([1.5, 3. ], dtype=float32)
     """
-    _check_unit_interval("gradient_weight", gradient_weight)
-    no_averaging = isinstance(gradient_weight, numbers.Real) and float(gradient_weight) == 1.0
-    state_dtype = _as_dtype(state_dtype)
+    gradient_weight = validation.number(
+        "gradient_weight", gradient_weight, low=0, high=1, low_open=True
+    )
+    validation.flag("nesterov", nesterov)
+    no_averaging = isinstance(gradient_weight, float) and gradient_weight == 1.0
+    state_dtype = validation.floating_dtype("state_dtype", state_dtype)
     param_layouts = layouts.ParamLayouts()
 
     def init_fn(params: optax.Params) -> AverageGradientsState | optax.EmptyState:
+        validation.floating_leaves(params)
         param_layouts.record(params)
         if no_averaging:
             return optax.EmptyState()
@@ -110,8 +94,16 @@ def average_gradients(
         updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra_args: Any
     ):
         del params, extra_args
+        validation.floating_leaves(updates, "gradients")
         if no_averaging:
             return updates, state
+        validation.same_shapes(
+            state.average,
+            updates,
+            reference_name="the optimizer state from init",
+            name="gradients",
+            hint="call init again after changing the parameters",
+        )
         alpha = gradient_weight
 
         def average(g: jax.Array, d: jax.Array) -> jax.Array:
@@ -183,10 +175,24 @@ def scale_by_lmo(
       Array([-2.,  2.], dtype=float32)
     """
     rules = rules_lib.resolve_rules(rules)
-    strategies.check_strategy(ns_sharding)
+    strategies.check_strategy(ns_sharding, "ns_sharding")
     if ns_coeffs is not None:
-        newton_schulz.coefficient_table(ns_coeffs)  # fail early on an unknown table name
-    ns_dtype = None if ns_dtype is None else _as_dtype(ns_dtype).name
+        newton_schulz.coefficient_table(ns_coeffs, argument="ns_coeffs")
+    if ns_steps is not None:
+        ns_steps = validation.positive_int("ns_steps", ns_steps)
+    ns_dtype = validation.floating_dtype("ns_dtype", ns_dtype)
+    ns_dtype = None if ns_dtype is None else ns_dtype.name
+    validation.flag("clip", clip)
+    radius_scale = validation.positive_number("radius_scale", radius_scale)
+    if ns_mesh is not None and not hasattr(ns_mesh, "axis_names"):
+        raise TypeError(f"ns_mesh must be None or a jax.sharding.Mesh, got {ns_mesh!r}")
+    names = (ns_axis_name,) if isinstance(ns_axis_name, str) else ns_axis_name
+    if names is not None and not (
+        isinstance(names, tuple) and names and all(isinstance(n, str) for n in names)
+    ):
+        raise TypeError(
+            f"ns_axis_name must be None, an axis name or a tuple of them, got {ns_axis_name!r}"
+        )
 
     def concrete_norm(norm: norms_lib.Norm) -> norms_lib.Norm:
         if isinstance(norm, norms_lib.Spectral):
@@ -237,7 +243,11 @@ def scale_by_lmo(
             if not clip:
                 return (radius * direction).astype(d.dtype)
             f32 = jnp.promote_types(d.dtype, jnp.float32)
-            dual = -jnp.vdot(d.astype(f32), direction.astype(f32))
+            # ‖d‖_* = −⟨d, lmo(d)⟩, summed at unit peak so that it overflows only if it is
+            # above the dtype's range (docs/algorithm.md §1.4); min(ρ, ∞) is then ρ.
+            unit, e = scaling.to_unit_peak(d.astype(f32), tuple(range(d.ndim)))
+            dual = scaling.times_power_of_two(-jnp.vdot(unit, direction.astype(f32)), e)
+            dual = dual.reshape(())
             return (jnp.minimum(radius, dual) * direction.astype(f32)).astype(d.dtype)
 
         out = [
@@ -267,8 +277,13 @@ def scion_step(
     """The (u)SCG step from LMO directions v (already scaled by the radii).
 
     Args:
-      learning_rate: γ, a float or an optax schedule of the step count. For SCG it is also the
-        weight of the convex combination, so it must stay in [0, 1].
+      learning_rate: γ, a number or an optax schedule of the step count. For SCG it is also
+        the weight of the convex combination: a constant must be in [0, 1]; for uSCG, a
+        finite number ≥ 0. A schedule's values are not checked (they are only known inside
+        the step): with SCG, γ > 1 leaves the ball (the iterate overshoots past v), γ < 0
+        ascends the objective (for uSCG too), and a non-finite γ makes the parameters
+        non-finite. An injected (``optax.inject_hyperparams``) value is checked where it is
+        concrete (at ``init``), not inside ``jit``.
       constrained: SCG (True): x ← (1 − γ)·x + γ·v, which keeps every iterate inside its ball
         when it starts inside (paper Insight 3.1); needs ``params``. uSCG (False): x ← x + γ·v.
 
@@ -283,12 +298,16 @@ def scion_step(
       >>> x + u   # (1 − 0.5)·4 + 0.5·1
       Array([2.5], dtype=float32)
     """
-    if isinstance(learning_rate, numbers.Real) and not float(learning_rate) >= 0:
-        raise ValueError(f"learning_rate must be non-negative, got {learning_rate!r}")
+    constrained = validation.flag("constrained", constrained)
+    if not callable(learning_rate):
+        high = 1.0 if constrained else math.inf
+        name = "learning_rate of the constrained (SCG) step" if constrained else "learning_rate"
+        learning_rate = validation.number(name, learning_rate, low=0, high=high)
 
     param_layouts = layouts.ParamLayouts()
 
     def init_fn(params: optax.Params) -> ScionStepState:
+        validation.floating_leaves(params)
         param_layouts.record(params)
         count = jnp.zeros([], jnp.int32)
         # Auto mesh axes: the count lives on the parameters' mesh from the start, as the
@@ -304,12 +323,20 @@ def scion_step(
     ):
         del extra_args
         gamma = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        if constrained and params is None:
+            raise ValueError(
+                "the constrained (SCG) step x ← (1 − γ)x + γ·lmo needs the parameters: "
+                "call tx.update(grads, state, params)"
+            )
+        if params is not None:
+            validation.same_shapes(
+                params,
+                updates,
+                reference_name="the parameter",
+                name="updates",
+                hint="pass the parameters the updates are for",
+            )
         if constrained:
-            if params is None:
-                raise ValueError(
-                    "the constrained (SCG) step x ← (1 − γ)x + γ·lmo needs the parameters: "
-                    "call tx.update(grads, state, params)"
-                )
 
             def step(v: jax.Array, x: jax.Array) -> jax.Array:
                 f32 = jnp.promote_types(x.dtype, jnp.float32)
