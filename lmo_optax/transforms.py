@@ -246,7 +246,10 @@ def scale_by_lmo(
             # ‖d‖_* = −⟨d, lmo(d)⟩, summed at unit peak so that it overflows only if it is
             # above the dtype's range (docs/algorithm.md §1.4); min(ρ, ∞) is then ρ.
             unit, e = scaling.to_unit_peak(d.astype(f32), tuple(range(d.ndim)))
-            dual = scaling.times_power_of_two(-jnp.vdot(unit, direction.astype(f32)), e)
+            # A plain sum, not jnp.vdot: a dot product of sharded operands has no output
+            # sharding under Explicit mesh axes (ShardingTypeError).
+            inner = jnp.sum(unit * direction.astype(f32))
+            dual = scaling.times_power_of_two(-inner, e)
             dual = dual.reshape(())
             return (jnp.minimum(radius, dual) * direction.astype(f32)).astype(d.dtype)
 

@@ -310,9 +310,10 @@ def test_unknown_strategy_is_rejected_at_construction():
         lmo_optax.scion(0.1, ns_sharding="spread")
 
 
-def test_training_step_on_explicit_mesh_matches_single_device():
+@pytest.mark.parametrize("clip", [False, True], ids=["plain", "clipped"])
+def test_training_step_on_explicit_mesh_matches_single_device(clip):
     params = make_params()
-    tx = lmo_optax.unconstrained_scion(optax.linear_schedule(0.1, 0.0, 4), "gpt")
+    tx = lmo_optax.unconstrained_scion(optax.linear_schedule(0.1, 0.0, 4), "gpt", clip=clip)
 
     def loss(p):
         return sum(jnp.sum(jnp.tanh(x) ** 2) for x in jax.tree.leaves(p))
