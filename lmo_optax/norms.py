@@ -372,11 +372,6 @@ class GroupedL2(Norm):
         y, e = scaling.to_unit_peak(x.astype(_compute_dtype(x)), axes)
         return y, jnp.sqrt(jnp.sum(y * y, axis=axes, keepdims=True)), e
 
-    def group_norms(self, x: jax.Array) -> jax.Array:
-        """‖x_group‖₂ of every group (keepdims), in at least float32."""
-        _, n, e = self._unit_groups(x)
-        return scaling.times_power_of_two(n, e)
-
     def lmo(self, g: jax.Array) -> jax.Array:
         validation.floating_array(f"{self.describe()}.lmo's input", g)
         y, n, _ = self._unit_groups(g)
