@@ -186,7 +186,7 @@ def step_memory(r: Report) -> list[str]:
     lines = [
         "`benchmarks/step_memory.py`: `jax.jit(step, donate_argnums=(0, 1)).lower(...)"
         ".compile().memory_analysis()` of the example's whole train step (forward, backward, "
-        f"update) on `{r['config']}` ({r['machine']['backend']} backend).",
+        f"update) on the `{r['config']}` config ({r['machine']['backend']} backend).",
         "",
         r["table_md"],
         "",
@@ -253,7 +253,8 @@ def convergence(r: Report) -> list[str]:
     """Steps to AdamW's final loss per optimizer, and the target."""
     m = r["model"]
     return [
-        f"`benchmarks/convergence.py`: the byte-level GPT of `{r['config']}` ({m['depth']} "
+        f"`benchmarks/convergence.py`: the byte-level GPT of the `{r['config']}` config "
+        f"({m['depth']} "
         f"layers × width {m['width']}, context {m['context']}, batch {m['batch_size']}, "
         f"{r['steps']} steps) on the `{r['data']}` corpus. Each optimizer is tuned on powers of "
         f"2 (seed 0), then run with {r['seeds']} seed(s) at its best learning rate.",
@@ -315,7 +316,7 @@ def memory_light(conv: Report, mem: Report) -> list[str]:
         f"Difference of the means {difference:+.4f} nats/byte against a seed standard deviation "
         f"of {noise:.4f}: {verdict}",
         "",
-        f"Memory (step-memory benchmark, `{mem['config']}`): optimizer state "
+        f"Memory (step-memory benchmark, the `{mem['config']}` config): optimizer state "
         f"{a['optimizer_state'] / 2**20:.1f} → {b['optimizer_state'] / 2**20:.1f} MB "
         f"({a['state_bytes_per_param']:.0f} → {b['state_bytes_per_param']:.0f} B/param); "
         f"estimated peak of a batch-{batch} step {a['peak_estimate'] / 2**20:,.1f} → "
@@ -354,6 +355,72 @@ def sharded_update(r: Report) -> list[str]:
     if r["gpu"]:
         lines.append(f"GPU figures: {r['gpu']}.")
     return lines
+
+
+def gpu_step(r: Report) -> list[str]:
+    """Tokens/s, the optimizer's share of the step and peak memory per optimizer, on a GPU."""
+    m = r["model"]
+    lines = [
+        "`benchmarks/gpu_step.py`: the example's whole jitted, donated train step on synthetic "
+        f"tokens (vocabulary {m['vocab_size']}, context {m['context']}, width {m['width']}, "
+        f"{m['depth']} scanned layers, {m['compute_dtype']} compute, batch {m['batch']}).",
+        "",
+    ]
+    if r["backend"] == "cpu":
+        return [*lines, "Not measured: no GPU was available."]
+    rows = [
+        [
+            name,
+            f"{row['step_s'] * 1e3:.1f}",
+            f"{row['tokens_per_s']:,.0f}",
+            f"{100 * row['optimizer_share']:.1f}%",
+            "n/a" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**30:.2f}",
+        ]
+        for name, row in r["rows"].items()
+    ]
+    header = ["optimizer", "step (ms)", "tokens/s", "optimizer share", "peak (GiB)"]
+    return [
+        *lines,
+        _common.markdown_table(header, rows),
+        "",
+        f"Optimizer share: the step's time minus an SGD step's ({r['sgd_step_s'] * 1e3:.1f} ms), "
+        "over the step's time. Peak: the process's peak after each optimizer's runs, in the "
+        "order listed.",
+    ]
+
+
+def stdlib_corpus(r: Report) -> list[str]:
+    """Scion and AdamW, each tuned, for the same steps on the larger corpus."""
+    m, full = r["model"], r["full"]
+    scion, adamw = full["scion"], full["adamw"]
+    reached = r["scion_steps_to_adamw_final"]
+    return [
+        f"`benchmarks/stdlib_corpus.py`: the `{r['config']}` config, a byte-level GPT of "
+        f"{r['params']:,} parameters ({m['depth']} layer(s) × width "
+        f"{m['width']}, context {m['context']}, batch {m['batch_size']}) on `--data {r['data']}` "
+        f"(the standard library's `.py` sources), {r['steps']} steps per optimizer. Settings "
+        f"were chosen on {r['tune_steps']}-step runs; the full runs ran one at a time.",
+        "",
+        r["table_md"],
+        "",
+        f"Scion ends at validation loss {scion['final_val_loss']:.4f} against AdamW's "
+        f"{adamw['final_val_loss']:.4f}"
+        + (
+            f"; it reaches AdamW's final loss at step {reached:.0f} of {r['steps']} "
+            f"({r['scion_step_ratio']:.2f}× the steps)."
+            if reached != float("inf")
+            else "; it does not reach AdamW's final loss."
+        ),
+        "",
+        "Reproduce (the short runs in two processes, then the full runs one at a time):",
+        "",
+        "```",
+        ".venv/bin/python benchmarks/stdlib_corpus.py --optimizers scion --tune-only &",
+        ".venv/bin/python benchmarks/stdlib_corpus.py --optimizers adamw --tune-only; wait",
+        ".venv/bin/python benchmarks/stdlib_corpus.py",
+        "lmo-optax compare --config stdlib   # the same two runs through the command line",
+        "```",
+    ]
 
 
 def strategies_table(rows: list[Report]) -> str:
@@ -400,6 +467,10 @@ SECTIONS = {
         ("convergence", "step_memory"), memory_light
     ),
     "7. Sharded update on a device mesh": Section(("sharded_update",), sharded_update),
+    "8. A whole train step on a GPU": Section(("gpu_step",), gpu_step),
+    "9. Ten minutes each on the standard library's sources": Section(
+        ("stdlib_corpus",), stdlib_corpus, ("validation curves", "stdlib_corpus")
+    ),
 }
 REPORTS = tuple(dict.fromkeys(n for section in SECTIONS.values() for n in section.reports))
 PLOTS = tuple(section.plot[1] for section in SECTIONS.values() if section.plot)

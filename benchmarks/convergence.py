@@ -1,6 +1,6 @@
 """Convergence on the embedded corpus: each optimizer tuned, then 3 seeds; steps to AdamW's loss.
 
-The byte-level GPT of ``configs/tiny.py`` (validation every 10 steps). Each optimizer — scion,
+The byte-level GPT of the ``tiny`` config (validation every 10 steps). Each optimizer — scion,
 unconstrained_scion, muon, adamw — is tuned on a grid of 5 powers of 2 (seed 0; extended by one
 step when the best is at an edge), then run with seeds 1 and 2 at its best learning rate. The
 target is AdamW's final validation loss (mean of its 3 seeds); for each optimizer we report
@@ -14,7 +14,7 @@ Runs are cached (``benchmarks/results/runs/convergence/``): an interrupted sweep
 two processes can share it (``--optimizers scion,unconstrained_scion`` in one, the rest in
 another); a final call with every optimizer writes the report.
 
-    .venv/bin/python benchmarks/convergence.py          # 28+ runs of configs/tiny.py, ~40 min
+    .venv/bin/python benchmarks/convergence.py          # 28+ runs of the tiny config, ~40 min
     .venv/bin/python benchmarks/convergence.py --quick  # 30 steps of a smaller model
 """
 
@@ -32,7 +32,7 @@ import _runs
 from lmo_optax.example.config import TrainConfig, load_config
 from lmo_optax.example.model import GPTConfig
 
-GRIDS = {  # log2 learning rates, centered on configs/tiny.py's tuned or starting values
+GRIDS = {  # log2 learning rates, centered on the tiny config's tuned or starting values
     "scion": [-5, -6, -7, -8, -9],
     "unconstrained_scion": [-6, -7, -8, -9, -10],
     "muon": [-4, -5, -6, -7, -8],
@@ -43,8 +43,8 @@ TARGET_RATIO = 0.8
 
 
 def base_config(quick: bool) -> TrainConfig:
-    """configs/tiny.py evaluated every 10 steps; with ``quick``, a smaller model for 30 steps."""
-    cfg = load_config(str(_common.ROOT / "configs" / "tiny.py"))
+    """The ``tiny`` config, evaluated every 10 steps; with ``quick``, a smaller model, 30 steps."""
+    cfg = load_config("tiny")
     cfg = dataclasses.replace(cfg, eval_every=10, eval_batches=4)
     if quick:
         cfg = dataclasses.replace(
@@ -152,7 +152,7 @@ def summarize(
     )
     scion_ratio = rows["scion"]["ratio_to_adamw"]
     return {
-        "config": "configs/tiny.py" if not quick else "quick",
+        "config": "tiny" if not quick else "quick",
         "data": cfg.data,
         "steps": cfg.steps,
         "seeds": len(seeded["adamw"]),

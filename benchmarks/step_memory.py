@@ -8,8 +8,8 @@ shapes come from ``jax.eval_shape``, so even GPT-2 small only compiles. Full mod
 the config's batch (activations dominate) and at batch 1 (a per-device micro-batch, where the
 parameters and the optimizer state weigh more).
 
-    .venv/bin/python benchmarks/step_memory.py           # configs/gpt2_small.py (124M)
-    .venv/bin/python benchmarks/step_memory.py --quick   # configs/tiny.py
+    .venv/bin/python benchmarks/step_memory.py           # the gpt2_small config (124M)
+    .venv/bin/python benchmarks/step_memory.py --quick   # the tiny config
 """
 
 from __future__ import annotations
@@ -102,11 +102,10 @@ def render(config: str, cfg: TrainConfig, rows: dict[str, dict[str, Any]]) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _common.parser(__doc__, quick_help="configs/tiny.py")
-    parser.add_argument("--config", default=None, help="a config file (overrides --quick)")
+    parser = _common.parser(__doc__, quick_help="the tiny config")
+    parser.add_argument("--config", default=None, help="a config name or file (overrides --quick)")
     args = parser.parse_args(argv)
-    default = "tiny.py" if args.quick else "gpt2_small.py"
-    config = args.config or str(_common.ROOT / "configs" / default)
+    config = args.config or ("tiny" if args.quick else "gpt2_small")
     cfg = load_config(config)
     # The config's batch, and one sequence: activations dominate the first, the parameters and
     # optimizer state weigh more in the second (a per-device micro-batch on a large mesh).

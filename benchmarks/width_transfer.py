@@ -32,8 +32,8 @@ TARGET_MAX_SHIFT = 1  # grid steps Scion's best learning rate may move across wi
 
 
 def config(width: int, quick: bool) -> TrainConfig:
-    """configs/tiny.py's data and optimizers; a 2-layer model of ``width``, 150 steps."""
-    cfg = load_config(str(_common.ROOT / "configs" / "tiny.py"))
+    """The ``tiny`` config's data and optimizers; a 2-layer model of ``width``, 150 steps."""
+    cfg = load_config("tiny")
     return dataclasses.replace(
         cfg,
         model=GPTConfig(context=64, width=width, depth=2, heads=4),

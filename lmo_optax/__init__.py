@@ -3,6 +3,7 @@
 Pethick et al., "Training Deep Learning Models with Norm-Constrained LMOs", ICML 2025.
 """
 
+from lmo_optax.diagnostics import average_from_state, diagnostics, diagnostics_table
 from lmo_optax.newton_schulz import (
     COEFFICIENT_TABLES,
     CoefficientTable,
@@ -67,9 +68,12 @@ __all__ = [
     "SpectralConv",
     "assign",
     "auto_rules",
+    "average_from_state",
     "average_gradients",
     "cnn_rules",
     "coefficient_table",
+    "diagnostics",
+    "diagnostics_table",
     "gpt_rules",
     "gpt_tied_rules",
     "init_on_ball",

@@ -24,7 +24,7 @@ import pytest
 from lmo_optax.example import cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = str(ROOT / "configs" / "tiny.py")
+CONFIG = "tiny"
 # A model small enough for a few hundred milliseconds per step with a checkpoint every step.
 TINY = ["model.width=32", "model.depth=1", "model.context=32", "batch_size=4", "eval_batches=1"]
 
@@ -157,7 +157,7 @@ def test_other_commands_report_user_errors_in_one_line(argv, names, capsys):
 
 
 def test_overrides_may_follow_flags_and_are_checked_together(capsys):
-    # configs/tiny.py has width 128 and 4 heads: 6 heads alone would not divide the width.
+    # The tiny config has width 128 and 4 heads: 6 heads alone would not divide the width.
     assert cli.main(["rules", "model.heads=6", "--config", CONFIG, "model.width=96"]) == 0
     assert "(96, 96)" in capsys.readouterr().out
 

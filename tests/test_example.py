@@ -12,7 +12,7 @@ import lmo_optax
 from lmo_optax.example import cli
 from lmo_optax.example.checkpoints import Checkpoints, checkpoint_manager
 from lmo_optax.example.config import ConfigError, OptimizerConfig, TrainConfig, apply_override
-from lmo_optax.example.data import ByteDataset, default_corpus_text
+from lmo_optax.example.data import TokenDataset, default_corpus_text
 from lmo_optax.example.model import GPT, GPTConfig, generate
 from lmo_optax.example.train import build, load_data, read_metrics, restore, train
 
@@ -41,7 +41,7 @@ def tiny_config(**kw) -> TrainConfig:
 def test_default_corpus_ships_with_python():
     text = default_corpus_text()
     assert len(text.encode()) > 400_000
-    ds = ByteDataset.from_text(text, context=128)
+    ds = TokenDataset.from_text(text, context=128)
     x, y = ds.batch("train", seed=0, step=5, batch_size=4, context=128)
     x2, _ = ds.batch("train", seed=0, step=5, batch_size=4, context=128)
     assert x.shape == (4, 128) and np.array_equal(x, x2)  # batches are a function of the step
@@ -50,16 +50,16 @@ def test_default_corpus_ships_with_python():
 
 def test_data_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
-        ByteDataset.load(str(tmp_path / "missing.txt"), context=16)
+        TokenDataset.load(str(tmp_path / "missing.txt"), context=16)
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ConfigError, match="empty"):
-        ByteDataset.load(str(tmp_path / "empty.txt"), context=16)
+        TokenDataset.load(str(tmp_path / "empty.txt"), context=16)
     (tmp_path / "short.txt").write_text("hello world")
     with pytest.raises(ConfigError, match="too short"):
-        ByteDataset.load(str(tmp_path / "short.txt"), context=16)
+        TokenDataset.load(str(tmp_path / "short.txt"), context=16)
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00" * 100)
     with pytest.raises(ConfigError, match="UTF-8"):
-        ByteDataset.load(str(tmp_path / "bin.txt"), context=16)
+        TokenDataset.load(str(tmp_path / "bin.txt"), context=16)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -198,13 +198,13 @@ def test_config_overrides():
 
 
 def test_cli_errors(capsys):
-    assert cli.main(["train", "--config", "configs/tiny.py", "model.widht=3"]) == 2
+    assert cli.main(["train", "--config", "tiny", "model.widht=3"]) == 2
     assert "unknown field 'widht'" in capsys.readouterr().err
-    assert cli.main(["train", "--config", "configs/tiny.py", "--optimizer", "sgd"]) == 2
+    assert cli.main(["train", "--config", "tiny", "--optimizer", "sgd"]) == 2
     assert "unknown optimizer 'sgd'" in capsys.readouterr().err
-    assert cli.main(["train", "--config", "configs/nope.py"]) == 2
+    assert cli.main(["train", "--config", "nope.py"]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert cli.main(["train", "--config", "configs/tiny.py", "keep_checkpoints=0"]) == 2
+    assert cli.main(["train", "--config", "tiny", "keep_checkpoints=0"]) == 2
     assert "keep_checkpoints must be at least 1" in capsys.readouterr().err
 
 
@@ -212,7 +212,7 @@ def test_cli_compare_writes_plot_and_summary(tmp_path, capsys):
     argv = [
         "compare",
         "--config",
-        "configs/tiny.py",
+        "tiny",
         "--optimizer",
         "scion,adamw",
         "--steps",

@@ -28,9 +28,9 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     assert "| scion" in outputs and "| adamw" in outputs
     assert (tmp_path / "runs" / "notebook" / "loss.png").exists()
     if path.name == "quickstart.ipynb":
-        # The notebook says its learning rates are those of configs/tiny.py: the table's lr
+        # The notebook says its learning rates are those of the tiny config: the table's lr
         # column shows them.
-        tiny = load_config(str(ROOT / "configs" / "tiny.py"))
+        tiny = load_config("tiny")
         for name in ("scion", "adamw"):
             lr = f"{tiny.optimizers[name].learning_rate:g}"
             assert re.search(rf"^\| {name} +\| {re.escape(lr)} +\|", outputs, re.M), (name, lr)

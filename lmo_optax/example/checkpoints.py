@@ -120,9 +120,16 @@ class Checkpoints:
         self.manager.close()
 
     def save(self, step: int, state: Any) -> None:
-        """Starts saving ``state`` as the checkpoint of ``step`` (nothing if that step has one)."""
+        """Starts saving ``state`` as the checkpoint of ``step`` (nothing if that step has one).
+
+        Orbax reads the arrays after ``save`` returns, while training goes on, and the jitted
+        step donates (deletes) the arrays it is given; so the save gets its own copy of each
+        array (on its device, in its layout), which nothing else holds: the next step may run at
+        once, at the cost of one more copy of ``state`` in device memory until the save ends.
+        """
         self.seal()
-        if self.manager.save(step, args=ocp.args.StandardSave(state)):
+        copy = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state), may_alias=False)
+        if self.manager.save(step, args=ocp.args.StandardSave(copy)):
             self._unsealed = (step, array_signature(state))
 
     def seal(self) -> None:

@@ -1,22 +1,28 @@
 """``lmo-optax``: train the example GPT from the command line.
 
-lmo-optax train   --config configs/tiny.py [--optimizer scion,adamw] [--steps N] [--out DIR]
-                  [--data PATH] [--resume | --overwrite] [--mesh data=4,model=2] [field=value ...]
-lmo-optax compare --config configs/tiny.py --optimizer scion,adamw,muon ...
-lmo-optax rules   --config configs/tiny.py      # print the parameter → norm table
+lmo-optax train   --config tiny [--optimizer scion,adamw] [--steps N] [--out DIR]
+                  [--data PATH|GLOB|stdlib] [--val-data PATH|GLOB] [--resume | --overwrite]
+                  [--mesh data=4,model=2] [field=value ...]
+lmo-optax compare --config tiny --optimizer scion,adamw,muon ...
+lmo-optax rules   --config gpt2_small       # print the parameter → norm table
+lmo-optax configs                           # the packaged configs (--config NAME)
+lmo-optax prepare INPUT... --out DIR [--tokenizer bytes|gpt2]   # text files → token shards
 lmo-optax digits  [--optimizer scion,adamw] [--steps N]   # CNN on sklearn's 8×8 digits
+
+--config takes a packaged config's name or the path of a config file (``.py``).
 
 A setting that cannot be honoured (a field out of range, a mesh that does not divide the batch,
 a missing data file, an output folder that holds an earlier run, …) is reported before training
-as one line, ``lmo-optax: error: …``, with exit status 2 (argparse's convention for a bad flag);
-a run whose loss diverges ends the same way with status 1. Anything else is a bug and shows its
-traceback.
+as one line, ``lmo-optax: error: …``, with exit status 2 (argparse's convention for a bad flag),
+and so is a token id outside the vocabulary met in a shard's batch during training; a run whose
+loss diverges ends the same way with status 1. Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -33,6 +39,8 @@ from lmo_optax.example.config import (
     load_config,
     mesh_axes,
 )
+from lmo_optax.example.data import TokenDataset
+from lmo_optax.example.errors import warn
 
 # More simulated CPU devices than this only slow a CPU down; XLA_FLAGS can still ask for more.
 MAX_SIMULATED_DEVICES = 64
@@ -53,8 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--data",
             default=None,
-            help="a local UTF-8 text file (default: "
-            "the CPython docs in pydoc_data, shipped with Python)",
+            help="a local UTF-8 text file, a glob of .bin token shards, or stdlib (the "
+            "standard library's sources); default: the CPython docs in pydoc_data",
+        )
+        p.add_argument(
+            "--val-data",
+            default=None,
+            help="validation data, in the same forms (default: the end of --data)",
         )
         earlier = p.add_mutually_exclusive_group()
         earlier.add_argument(
@@ -72,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
             f"devices are simulated, up to {MAX_SIMULATED_DEVICES})",
         )
     _add_config_arguments(sub.add_parser("rules"))
+    sub.add_parser("configs", help="list the packaged configs")
+    pr = sub.add_parser("prepare", help="turn local text files into token shards")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="text files")
+    pr.add_argument("--out", required=True, help="the folder for the shards")
+    pr.add_argument("--tokenizer", choices=("bytes", "gpt2"), default="bytes")
+    pr.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
+    pr.add_argument("--val-fraction", type=float, default=0.1, help="the end held out as val_*.bin")
     d = sub.add_parser("digits", help="a small CNN on scikit-learn's 8x8 digits")
     d.add_argument("--optimizer", "--optimizers", dest="optimizer", default="scion,adamw")
     d.add_argument("--steps", type=int, default=None)
@@ -81,7 +101,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     """--config, --optimizer and the field=value overrides."""
-    p.add_argument("--config", default="configs/tiny.py", help="a config file (Python)")
+    p.add_argument(
+        "--config",
+        default="tiny",
+        help="a packaged config's name (lmo-optax configs lists them) or a config file (.py)",
+    )
     p.add_argument(
         "--optimizer",
         "--optimizers",
@@ -93,17 +117,19 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The arguments, with overrides allowed between and after flags (``--steps 3 steps=4``).
+    """The arguments, with overrides allowed between and after flags (``--steps 3 steps=4``),
+    and ``prepare``'s inputs too (``prepare a.txt --out DIR b.txt``).
 
-    argparse takes one run of positional arguments; the overrides after a flag come back as
+    argparse takes one run of positional arguments; the ones after a flag come back as
     unrecognized and are added here, in order.
     """
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") for a in extra)):
+    positional = "overrides" if hasattr(args, "overrides") else "inputs"
+    if extra and (not hasattr(args, positional) or any(a.startswith("-") for a in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
-        args.overrides += extra
+        setattr(args, positional, getattr(args, positional) + extra)
     return args
 
 
@@ -146,7 +172,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     together and checked once."""
     flags = [
         f"{name}={getattr(args, name)}"
-        for name in ("steps", "data", "mesh")
+        for name in ("steps", "data", "val_data", "mesh")
         if getattr(args, name, None) is not None
     ]
     return apply_overrides(load_config(args.config), args.overrides + flags)
@@ -189,32 +215,44 @@ def train_main(args: argparse.Namespace) -> int:
         checkpoints.check_out_dir(run_dir, **earlier)
         if args.resume:
             checkpoints.find_resume_point(run_dir / "checkpoints")
-    train_lib.load_data(cfg)
+    data = train_lib.load_data(cfg)
     results = [
-        train_lib.train(cfg, name, run_dir, **earlier)
+        train_lib.train(cfg, name, run_dir, data=data, **earlier)
         for name, run_dir in zip(names, run_dirs, strict=True)
     ]
-    report(args, cfg, out, results)
+    report(args, cfg, out, results, data)
     return 0
 
 
-def report(args: argparse.Namespace, cfg: TrainConfig, out: pathlib.Path, results: list) -> None:
-    """Prints the samples and the table; writes ``loss.png``, ``summary.json`` and ``.md``."""
+def report(
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    out: pathlib.Path,
+    results: list,
+    data: TokenDataset,
+) -> None:
+    """Prints the samples and the table; writes ``loss.png``, ``summary.json`` (with the
+    data's manifest) and ``summary.md``."""
     from lmo_optax.example import train as train_lib
 
     for r in results:
         print(f"\n--- {r.optimizer}: generated text ---\n{r.sample}\n")
     table = train_lib.summary_table(results)
     print(table)
-    train_lib.plot(
-        results,
-        out / "loss.png",
-        title=f"{pathlib.Path(args.config).stem}: "
-        f"{cfg.model.width}×{cfg.model.depth} byte GPT, {cfg.steps} steps",
-    )
+    plotted = importlib.util.find_spec("matplotlib") is not None  # an optional dependency
+    if not plotted:
+        warn("no loss.png: the plot needs matplotlib (pip install 'lmo-optax[examples]')")
+    else:
+        train_lib.plot(
+            results,
+            out / "loss.png",
+            title=f"{pathlib.Path(args.config).stem}: "
+            f"{cfg.model.width}×{cfg.model.depth} GPT, {cfg.steps} steps",
+        )
     summary = {
         "config": args.config,
         "steps": cfg.steps,
+        "data": {"description": data.description, "manifest": data.manifest},
         "results": [dataclasses.asdict(r) for r in results],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -228,7 +266,8 @@ def report(args: argparse.Namespace, cfg: TrainConfig, out: pathlib.Path, result
             f"\nlowest validation loss after {cfg.steps} steps: {best.optimizer} "
             f"{best.final_val_loss:.4f} (vs {others})"
         )
-    print(f"metrics, plot and summary in {out}/ (loss.png, summary.md, */metrics.jsonl)")
+    plot = "loss.png, " if plotted else ""
+    print(f"metrics, plot and summary in {out}/ ({plot}summary.md, */metrics.jsonl)")
 
 
 def rules_main(args: argparse.Namespace) -> int:
@@ -257,6 +296,39 @@ def rules_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def configs_main(args: argparse.Namespace) -> int:
+    """``configs``: the packaged configs, each with the first line of its docstring."""
+    from lmo_optax.example import configs
+
+    known = configs.names()
+    width = max(map(len, known))
+    for name in known:
+        print(f"{name:<{width}}  {configs.description(name)}")
+    return 0
+
+
+def prepare_main(args: argparse.Namespace) -> int:
+    """``prepare``: writes the shards and says how to train on them."""
+    from lmo_optax.example.prepare import prepare
+
+    out = pathlib.Path(args.out)
+    m = prepare(
+        args.inputs,
+        out,
+        tokenizer=args.tokenizer,
+        shard_tokens=args.shard_tokens,
+        val_fraction=args.val_fraction,
+    )
+    print(
+        f"{m['tokens']:,} tokens ({m['val_tokens']:,} for validation) in {len(m['shards'])} "
+        f"shards in {out}/ (prepare.json lists them); train on them with\n"
+        f"  lmo-optax train --data '{out}/train_*.bin'"
+        + (f" --val-data '{out}/val_*.bin'" if m["val_tokens"] else "")
+        + f" model.vocab_size={m['vocab_size']}"
+    )
+    return 0
+
+
 def digits_main(args: argparse.Namespace) -> int:
     """``digits``: the CNN with each optimizer named, and a table of their results."""
     from lmo_optax.example.digits import DIGITS_OPTIMIZERS, DigitsConfig, train_digits
@@ -279,6 +351,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": train_main,
     "compare": train_main,
     "rules": rules_main,
+    "configs": configs_main,
+    "prepare": prepare_main,
     "digits": digits_main,
 }
 

@@ -1,7 +1,9 @@
-"""Training configuration: plain dataclasses, filled by Python files in ``configs/``.
+"""Training configuration: plain dataclasses, filled by Python config files.
 
-A config file defines ``get_config() -> TrainConfig``. Fields can be overridden from the
-command line as ``field=value`` with dotted names, e.g. ``model.width=64`` or
+The configs shipped with the package (``lmo_optax/example/configs/``) are found by name
+(``tiny``); any other config file by its path. A config file defines
+``get_config() -> TrainConfig``. Fields can be overridden from the command line as
+``field=value`` with dotted names, e.g. ``model.width=64`` or
 ``optimizers.scion.learning_rate=0.05``.
 """
 
@@ -13,6 +15,7 @@ import types
 import typing
 from typing import Any, Literal
 
+from lmo_optax.example import configs
 from lmo_optax.example.data import BYTE_VOCABULARY, DEFAULT_CORPUS
 from lmo_optax.example.errors import ConfigError, Interval, check_ranges, check_types
 from lmo_optax.example.model import GPTConfig
@@ -106,30 +109,43 @@ class TrainConfig:
 
     Attributes:
       model: the GPT's shape (its vocabulary must hold the 256 byte values).
-      data: ``"pydoc_data"`` (the CPython documentation that ships with Python) or the path of
-        a local UTF-8 text file.
-      val_fraction: the fraction of the corpus, taken from its end, held out for validation.
+      data: ``"pydoc_data"`` (the CPython documentation that ships with Python), ``"stdlib"``
+        (the standard library's sources), a glob of ``.bin`` token shards, or the path of a
+        local UTF-8 text file (``lmo_optax.example.data``).
+      val_data: validation data in any of those forms; empty: the end of ``data``.
+      val_fraction: the fraction of the corpus, taken from its end, held out for validation
+        (without ``val_data``).
       batch_size: sequences per step, each ``model.context`` bytes long.
       steps: training steps; the learning-rate schedules span them.
       eval_every: steps between validation losses (one is also taken at the last step).
       eval_batches: validation batches averaged into one validation loss.
       log_every: steps between progress lines when stderr is not a terminal.
       checkpoint_every: steps between checkpoints; 0 saves only at the end.
+      diagnostics_every: steps between per-layer diagnostics of Scion runs
+        (``lmo_optax.diagnostics`` → ``diagnostics.jsonl`` and ``diagnostics.png``); 0: off.
       keep_checkpoints: how many of the latest checkpoints stay on disk (older ones are deleted).
       seed: seeds the initialization, the batches and the sample.
       optimizers: the settings of each optimizer (keys from ``OPTIMIZER_NAMES``).
       run: the optimizers (comma-separated) that ``lmo-optax train`` and ``compare`` run when
         ``--optimizer`` is not given.
-      sample_bytes: bytes generated after training (0: no sample); the model slides its
-        context window over a sample longer than ``model.context``.
+      sample_bytes: tokens generated after training, bytes for text data (0: no sample); the
+        model slides its context window over a sample longer than ``model.context``. Token
+        shards are decoded with the tokenizer that made them when it is available offline
+        (``train.text_codec``); otherwise the run logs that it has no sample.
       sample_prompt: the text the sample continues (not empty when ``sample_bytes`` > 0).
       mesh: e.g. ``"data=4,model=2"``: train sharded over a device mesh
         (``lmo_optax.example.parallel``); empty: one device. ``data`` must divide
         ``batch_size`` and ``model`` must divide ``model.heads``.
+      grad_accum_steps: k > 1 splits each step's batch into k micro-batches of
+        ``batch_size / k`` sequences inside the jitted step and averages their gradients
+        (``optax.MultiSteps``) into one optimizer update: ``steps``, the schedules and the
+        checkpoints count optimizer steps, and activations take the memory of one micro-batch.
+        k must divide ``batch_size`` (and ``data`` the micro-batch).
     """
 
     model: GPTConfig = dataclasses.field(default_factory=GPTConfig)
     data: str = DEFAULT_CORPUS
+    val_data: str = ""
     val_fraction: float = 0.1
     batch_size: int = 32
     steps: int = 300
@@ -137,6 +153,7 @@ class TrainConfig:
     eval_batches: int = 8
     log_every: int = 10
     checkpoint_every: int = 0
+    diagnostics_every: int = 0
     keep_checkpoints: int = 3
     seed: int = 0
     optimizers: dict[str, OptimizerConfig] = dataclasses.field(default_factory=dict)
@@ -144,6 +161,7 @@ class TrainConfig:
     sample_bytes: int = 300
     sample_prompt: str = "The "
     mesh: str = ""
+    grad_accum_steps: int = 1
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -164,13 +182,22 @@ class TrainConfig:
             raise ConfigError(
                 "sample_prompt must not be empty when sample_bytes > 0 (the sample continues it)"
             )
+        if self.batch_size % self.grad_accum_steps:
+            raise ConfigError(
+                f"grad_accum_steps={self.grad_accum_steps} must divide "
+                f"batch_size={self.batch_size} (each step's batch is split into micro-batches)"
+            )
         self._check_mesh()
+
+    def _micro_batch_name(self) -> str:
+        """How an error names the sequences of one micro-batch."""
+        return "batch_size" + (" / grad_accum_steps" if self.grad_accum_steps > 1 else "")
 
     def _check_mesh(self) -> None:
         """The mesh's axes divide what they split: ``data`` the batch, ``model`` the heads."""
         axes = mesh_axes(self.mesh)
         for axis, field, size in (
-            ("data", "batch_size", self.batch_size),
+            ("data", self._micro_batch_name(), self.batch_size // self.grad_accum_steps),
             ("model", "model.heads", self.model.heads),
         ):
             if size % axes.get(axis, 1):
@@ -188,9 +215,11 @@ _TRAIN_RANGES = {
     "eval_batches": Interval(1),
     "log_every": Interval(1),
     "checkpoint_every": Interval(0),
+    "diagnostics_every": Interval(0),
     # The latest checkpoint is what --resume reads.
     "keep_checkpoints": Interval(1),
     "sample_bytes": Interval(0),
+    "grad_accum_steps": Interval(1),
 }
 
 
@@ -229,11 +258,15 @@ def mesh_axes(text: str) -> dict[str, int]:
 def load_config(path: str) -> TrainConfig:
     """Runs the config file and returns its ``get_config()``.
 
+    Args:
+      path: a packaged config's name (``"tiny"``, see ``configs.is_name``) or a file's path.
+
     Raises:
-      ConfigError: the file is missing or unreadable, has a syntax error (named with its
-        line), defines no ``get_config``, or its config has a field out of range.
+      ConfigError: no packaged config has the name, the file is missing or unreadable, has a
+        syntax error (named with its line), defines no ``get_config``, or its config has a
+        field out of range.
     """
-    p = pathlib.Path(path)
+    p = configs.path_of(path) if configs.is_name(path) else pathlib.Path(path)
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:

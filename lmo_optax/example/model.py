@@ -4,13 +4,25 @@ Token embedding → pre-norm blocks (RMSNorm, causal self-attention with rotary 
 positions, MLP with ReLU² or GELU) → RMSNorm → tied or untied head. Parameter paths
 (``token_embedding/embedding``, ``blocks/0/attn/query/kernel``, ``blocks/0/mlp/fc/kernel``,
 ``lm_head/kernel``, …) are those the library's ``gpt_rules`` preset expects.
+
+With ``scan_layers`` the blocks are one stacked ``Block`` (made with ``nnx.vmap``, run with
+``nnx.scan``): every block parameter gains a leading layer axis, and the paths lose the layer
+index (``blocks/mlp/fc/kernel`` of shape (depth, width, 4·width)). Its attention projections are
+``nnx.LinearGeneral`` kernels (depth, width, heads, head_dim) and (depth, heads, head_dim,
+width), the layouts that ``gpt_rules`` reads as one (width, width) matrix per layer: a stacked
+``nnx.Linear`` kernel (depth, width, width) would read as an unscanned attention kernel. The
+same weights give the same model in both forms (``stack_layers``).
+
+With ``compute_dtype="bfloat16"`` the parameters stay float32 and the layers compute in
+bfloat16 (Flax's ``dtype=``, ``param_dtype=float32``); ``loss_fn`` takes the cross-entropy in
+float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import flax.nnx as nnx
 import jax
@@ -38,6 +50,8 @@ class GPTConfig:
     positions: Literal["rotary", "learned"] = "rotary"
     tied: bool = False
     norm_gains: bool = False  # learnable RMSNorm gains (modded-nanogpt uses none)
+    scan_layers: bool = False  # one stacked block run with nnx.scan (module docstring)
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # activations; params float32
 
     def __post_init__(self) -> None:
         check_types(self, "model.")
@@ -66,14 +80,24 @@ def _rotary(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
+def _dtypes(cfg: GPTConfig) -> dict[str, Any]:
+    """The ``dtype`` (computation) and ``param_dtype`` keywords of every layer."""
+    return {"dtype": jnp.dtype(cfg.compute_dtype), "param_dtype": jnp.float32}
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
-        d = cfg.width
+        d, h = cfg.width, cfg.heads
         self.cfg = cfg
-        self.query = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-        self.key = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-        self.value = nnx.Linear(d, d, use_bias=False, rngs=rngs)
-        self.out = nnx.Linear(d, d, use_bias=False, rngs=rngs)
+        kw = {"use_bias": False, "rngs": rngs, **_dtypes(cfg)}
+        if cfg.scan_layers:  # per-head kernels: the layouts gpt_rules reads per layer
+            self.query, self.key, self.value = (
+                nnx.LinearGeneral(d, (h, d // h), **kw) for _ in range(3)
+            )
+            self.out = nnx.LinearGeneral((h, d // h), d, axis=(-2, -1), **kw)
+        else:
+            self.query, self.key, self.value = (nnx.Linear(d, d, **kw) for _ in range(3))
+            self.out = nnx.Linear(d, d, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
@@ -82,6 +106,8 @@ class Attention(nnx.Module):
         if self.cfg.positions == "rotary":
             q, k = _rotary(q), _rotary(k)
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        if self.cfg.scan_layers:
+            return self.out(y)
         return self.out(y.reshape(b, t, d))
 
 
@@ -89,8 +115,9 @@ class MLP(nnx.Module):
     def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
         hidden = cfg.mlp_ratio * cfg.width
         self.cfg = cfg
-        self.fc = nnx.Linear(cfg.width, hidden, use_bias=False, rngs=rngs)
-        self.proj = nnx.Linear(hidden, cfg.width, use_bias=False, rngs=rngs)
+        kw = {"use_bias": False, "rngs": rngs, **_dtypes(cfg)}
+        self.fc = nnx.Linear(cfg.width, hidden, **kw)
+        self.proj = nnx.Linear(hidden, cfg.width, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.fc(x)
@@ -100,11 +127,15 @@ class MLP(nnx.Module):
         return self.proj(h)
 
 
+def _norm(cfg: GPTConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    return nnx.RMSNorm(cfg.width, use_scale=cfg.norm_gains, rngs=rngs, **_dtypes(cfg))
+
+
 class Block(nnx.Module):
     def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
-        self.attn_norm = nnx.RMSNorm(cfg.width, use_scale=cfg.norm_gains, rngs=rngs)
+        self.attn_norm = _norm(cfg, rngs)
         self.attn = Attention(cfg, rngs)
-        self.mlp_norm = nnx.RMSNorm(cfg.width, use_scale=cfg.norm_gains, rngs=rngs)
+        self.mlp_norm = _norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -117,20 +148,27 @@ class GPT(nnx.Module):
 
     def __init__(self, cfg: GPTConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs)
+        kw = _dtypes(cfg)
+        self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs, **kw)
         if cfg.positions == "learned":
-            self.position_embedding = nnx.Embed(cfg.context, cfg.width, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.depth)])
-        self.final_norm = nnx.RMSNorm(cfg.width, use_scale=cfg.norm_gains, rngs=rngs)
+            self.position_embedding = nnx.Embed(cfg.context, cfg.width, rngs=rngs, **kw)
+        if cfg.scan_layers:
+            self.blocks = _stacked_blocks(cfg, rngs)
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.depth)])
+        self.final_norm = _norm(cfg, rngs)
         if not cfg.tied:
-            self.lm_head = nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False, rngs=rngs)
+            self.lm_head = nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False, rngs=rngs, **kw)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         x = self.token_embedding(tokens)
         if self.cfg.positions == "learned":
             x = x + self.position_embedding(jnp.arange(tokens.shape[1]))
-        for block in self.blocks:
-            x = block(x)
+        if self.cfg.scan_layers:
+            x = _scan_blocks(self.blocks, x)
+        else:
+            for block in self.blocks:
+                x = block(x)
         x = self.final_norm(x)
         if self.cfg.tied:
             return self.token_embedding.attend(x)
@@ -140,8 +178,52 @@ class GPT(nnx.Module):
         return sum(x.size for x in jax.tree.leaves(nnx.state(self, nnx.Param)))
 
 
+def _stacked_blocks(cfg: GPTConfig, rngs: nnx.Rngs) -> Block:
+    """``cfg.depth`` blocks as one ``Block`` whose parameters have a leading layer axis."""
+
+    @nnx.split_rngs(splits=cfg.depth)
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, rngs)
+
+    return make(rngs)
+
+
+def _scan_blocks(blocks: Block, x: jax.Array) -> jax.Array:
+    """Runs the stacked ``blocks`` in order over the layer axis (one compiled block)."""
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def step(x: jax.Array, block: Block) -> jax.Array:
+        return block(x)
+
+    return step(x, blocks)
+
+
+def stack_layers(params: dict[str, Any], cfg: GPTConfig) -> dict[str, Any]:
+    """The parameters of an unscanned GPT (``nnx.to_pure_dict``) in the layout of the scanned
+    GPT of ``cfg`` (``scan_layers=True``): the same model.
+
+    Block parameters are stacked over a new leading layer axis; attention kernels are reshaped
+    to their per-head layouts (query/key/value (width, heads, head_dim), out (heads, head_dim,
+    width)).
+    """
+    d, h = cfg.width, cfg.heads
+    per_head = {"query": (d, h, d // h), "key": (d, h, d // h), "value": (d, h, d // h)}
+    per_head["out"] = (h, d // h, d)
+
+    def layout(path: Any, x: jax.Array) -> jax.Array:
+        keys = [getattr(k, "key", None) for k in path]
+        if keys[0] == "attn" and keys[1] in per_head:
+            return x.reshape(x.shape[0], *per_head[keys[1]])
+        return x
+
+    layers = [params["blocks"][i] for i in range(cfg.depth)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return {**params, "blocks": jax.tree_util.tree_map_with_path(layout, stacked)}
+
+
 def loss_fn(model: GPT, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-byte cross-entropy (nats)."""
+    """Mean next-token cross-entropy (nats; per byte for byte data)."""
     logits = model(inputs).astype(jnp.float32)
     logz = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
@@ -151,7 +233,7 @@ def loss_fn(model: GPT, inputs: jax.Array, targets: jax.Array) -> jax.Array:
 def generate(
     model: GPT, prompt: jax.Array, steps: int, key: jax.Array, temperature: float = 0.8
 ) -> jax.Array:
-    """Samples ``steps`` bytes after ``prompt`` (1-D int array), with a sliding context.
+    """Samples ``steps`` tokens after ``prompt`` (1-D int array), with a sliding context.
 
     The window is always ``context`` long (right-padded while shorter: causal attention makes
     the padding invisible to the position being predicted), so one compiled function serves

@@ -35,18 +35,47 @@ def scion_rules(oc: OptimizerConfig, tied: bool) -> list[lmo_optax.Rule]:
 
 
 def _muon_dims(params: Any) -> Any:
-    """Newton–Schulz on hidden matrices (inside blocks), AdamW on embeddings, head, vectors."""
+    """Newton–Schulz on hidden matrices (inside blocks), AdamW on embeddings, head, vectors.
+
+    Scanned blocks (``GPTConfig.scan_layers``, paths ``blocks/<name>`` without a layer index)
+    have a leading layer axis, a batch axis of Muon's orthogonalization: (layer, d_in, d_out)
+    kernels, and the per-head attention kernels (layer, d, heads, head_dim) and, for ``out``,
+    (layer, heads, head_dim, d), each one (d_in, d_out) matrix per layer.
+    """
 
     def dims(path: Any, x: Any) -> Any:
         p = lmo_optax.paths.path_to_str(path)
-        if p.startswith("blocks/") and x.ndim == 2:
+        if not p.startswith("blocks/"):
+            return None
+        if x.ndim == 2 and p.split("/")[1].isdigit():
             return optax.contrib.MuonDimensionNumbers()
+        if x.ndim == 3:
+            return optax.contrib.MuonDimensionNumbers(reduction_axis=1, output_axis=2)
+        if x.ndim == 4 and p.endswith("attn/out/kernel"):
+            return optax.contrib.MuonDimensionNumbers(reduction_axis=(1, 2), output_axis=3)
+        if x.ndim == 4:
+            return optax.contrib.MuonDimensionNumbers(reduction_axis=1, output_axis=(2, 3))
         return None
 
     return jax.tree_util.tree_map_with_path(dims, params)
 
 
-def build(name: str, oc: OptimizerConfig, steps: int, tied: bool) -> optax.GradientTransformation:
+def build(
+    name: str, oc: OptimizerConfig, steps: int, tied: bool, grad_accum_steps: int = 1
+) -> optax.GradientTransformation:
+    """The optimizer ``name`` with its schedule over ``steps`` optimizer steps.
+
+    With ``grad_accum_steps`` k > 1 it is wrapped in ``optax.MultiSteps``: k calls of
+    ``update`` average their gradients and the k-th applies one update (the others return
+    zeros), so the schedule still counts optimizer steps.
+    """
+    tx = _build(name, oc, steps, tied)
+    if grad_accum_steps > 1:
+        return optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
+    return tx
+
+
+def _build(name: str, oc: OptimizerConfig, steps: int, tied: bool) -> optax.GradientTransformation:
     if name not in OPTIMIZER_NAMES:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_NAMES)}")
     lr = schedule(oc, steps)

@@ -14,6 +14,13 @@ lm_head (d, vocab)                     P(data, model)
 norm gains, biases                     replicated
 =====================================  ==========================  ========================
 
+Scanned blocks (``GPTConfig.scan_layers``, paths ``blocks/<name>`` without a layer index) keep
+their leading layer axis whole (every device runs every layer) and lay out each layer as above:
+(layer, d_in, d_out) kernels like their matrices, the per-head attention kernels with ``heads``
+over ``model`` and ``d`` over ``data`` (query/key/value (layer, d, heads, head_dim) as
+P(None, data, model), out (layer, heads, head_dim, d) as P(None, model, None, data)), and
+(layer, d) gains replicated.
+
 Batches are split over ``data``. The mesh must divide what it splits, or the run would not be
 the one asked for: ``data`` divides the batch and ``model`` the attention heads (checked by
 ``TrainConfig``), and the mesh needs no more devices than JAX sees (``parse_mesh``). Within
@@ -43,6 +50,7 @@ from lmo_optax.example.errors import ConfigError
 from lmo_optax.paths import path_to_str
 
 _ROW_PARALLEL = re.compile(r"(^|/)(out|proj)/kernel$")
+_SCANNED = re.compile(r"^blocks/(?!\d+/)")  # stacked blocks: no layer index in the path
 
 
 def parse_mesh(text: str, devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -72,10 +80,14 @@ def _axis(mesh: jax.sharding.Mesh, name: str | None, size: int) -> str | None:
 
 def _wanted_axes(path: str, shape: tuple[int, ...]) -> list[str | None]:
     """The mesh axis each dimension of a parameter is split over when it divides (the table)."""
-    if len(shape) < 2:
+    row_parallel = bool(_ROW_PARALLEL.search(path))
+    scanned = bool(_SCANNED.search(path))
+    if scanned and len(shape) == 4:  # per-head attention kernels: heads over model
+        return [None, "model", None, "data"] if row_parallel else [None, "data", "model", None]
+    if len(shape) < 2 or (scanned and len(shape) == 2):  # vectors, per layer when scanned
         return [None] * len(shape)
-    pair = ["model", "data"] if _ROW_PARALLEL.search(path) else ["data", "model"]
-    return [None] * (len(shape) - 2) + pair
+    pair = ["model", "data"] if row_parallel else ["data", "model"]
+    return [None] * (len(shape) - 2) + pair  # leading axes (a scanned layer axis) whole
 
 
 def _spelled(entries: list[Any]) -> PartitionSpec:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import pathlib
@@ -37,9 +38,9 @@ import optax
 import orbax.checkpoint as ocp
 
 import lmo_optax
-from lmo_optax.example import checkpoints, optimizers, parallel
+from lmo_optax.example import checkpoints, diagnostics_log, optimizers, parallel, prepare
 from lmo_optax.example.config import TrainConfig
-from lmo_optax.example.data import ByteDataset
+from lmo_optax.example.data import BYTE_VOCABULARY, TokenDataset
 from lmo_optax.example.errors import ConfigError
 from lmo_optax.example.model import GPT, generate, loss_fn
 
@@ -55,7 +56,11 @@ class RunResult:
       final_train_loss: the last step's training loss (NaN if no step ran).
       final_val_loss: the last validation loss (NaN if none was taken).
       wall_time_s: seconds spent in the loop, compilation included.
+      compile_time_s: seconds of this process's first step, which traces and compiles the
+        jitted step and runs it once (NaN if no step ran).
       tokens_per_s: throughput of the last step.
+      diagnostics_time_s: seconds this process spent computing and writing per-layer
+        diagnostics (``diagnostics_every``), inside ``wall_time_s``; 0 when they are off.
       sample: text generated after the last step ("" when stopped early or disabled).
       out_dir: the run's folder.
     """
@@ -66,7 +71,9 @@ class RunResult:
     final_train_loss: float
     final_val_loss: float
     wall_time_s: float
+    compile_time_s: float
     tokens_per_s: float
+    diagnostics_time_s: float
     sample: str
     out_dir: str
 
@@ -82,7 +89,9 @@ class Run:
       graphdef: the model's structure; ``nnx.merge(graphdef, params)`` is the model.
       params: the parameters (a pytree of arrays; sharded on the mesh with ``cfg.mesh``).
       opt_state: the optimizer state (laid out like ``params``).
-      train_step: ``(params, opt_state, inputs, targets) -> (params, opt_state, loss)``, jitted.
+      train_step: ``(params, opt_state, inputs, targets) -> (params, opt_state, loss)``, jitted
+        with params and opt_state donated: the arrays passed in are deleted, so nothing may
+        read them after the call (``checkpoints.Checkpoints.save`` saves a copy).
       eval_loss: ``(params, inputs, targets) -> loss``, jitted.
       batch_sharding: where batches go on the mesh; None on one device.
       step: the steps taken so far.
@@ -90,7 +99,7 @@ class Run:
 
     cfg: TrainConfig
     optimizer: str
-    data: ByteDataset
+    data: TokenDataset
     graphdef: nnx.GraphDef
     params: Any
     opt_state: Any
@@ -108,7 +117,12 @@ class Run:
         """(inputs, targets) of ``split`` for ``step``: the same on every run with this seed."""
         cfg = self.cfg
         x, y = self.data.batch(
-            split, seed=cfg.seed, step=step, batch_size=cfg.batch_size, context=cfg.model.context
+            split,
+            seed=cfg.seed,
+            step=step,
+            batch_size=cfg.batch_size,
+            context=cfg.model.context,
+            process=jax.process_index(),
         )
         if self.batch_sharding is None:
             return x, y
@@ -131,6 +145,8 @@ class LoopStats:
     val_loss: float = math.nan
     tokens_per_s: float = 0.0
     wall_time_s: float = 0.0
+    compile_time_s: float = math.nan
+    diagnostics_time_s: float = 0.0
 
     @classmethod
     def of(cls, rows: list[dict[str, Any]]) -> LoopStats:
@@ -151,6 +167,7 @@ def train(
     overwrite: bool = False,
     stop_after: int | None = None,
     verbose: bool = True,
+    data: TokenDataset | None = None,
 ) -> RunResult:
     """Trains the GPT of ``cfg`` with one optimizer; writes metrics, checkpoints and a sample.
 
@@ -167,6 +184,8 @@ def train(
         run; ``cfg.steps`` still sets the schedule.
       verbose: print the rules table, the mesh and the model's size (the progress line and
         warnings go to stderr either way).
+      data: the tokens of ``cfg.data`` (and ``cfg.val_data``) when already loaded
+        (``load_data(cfg)``), so that several runs read them once.
 
     Raises:
       ConfigError: a setting that cannot be honoured: ``optimizer_name`` has no entry in
@@ -179,7 +198,7 @@ def train(
     log = print if verbose else _silent
     checkpoints.check_out_dir(out, resume=resume, overwrite=overwrite)
     point = checkpoints.find_resume_point(out / "checkpoints") if resume else None
-    data = load_data(cfg)
+    data = load_data(cfg) if data is None else data
     run = build(cfg, optimizer_name, data, log)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     checkpoints.prepare_out_dir(out, overwrite=overwrite, log=log)
@@ -190,8 +209,8 @@ def train(
             restore(run, saved, point.step)
             log(f"resumed from {saved.directory / f'step_{point.step}'}")
         truncate_metrics(out / "metrics.jsonl", run.step)
-        stats = loop(run, saved, out / "metrics.jsonl", end)
-    return finish(run, stats, out)
+        stats = loop(run, saved, out / "metrics.jsonl", end, log)
+    return finish(run, stats, out, log)
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:
@@ -201,16 +220,22 @@ def _silent(*args: Any, **kwargs: Any) -> None:
 # 1. Data.
 
 
-def load_data(cfg: TrainConfig) -> ByteDataset:
-    """The corpus of ``cfg.data``, split into train and validation bytes."""
-    return ByteDataset.load(cfg.data, context=cfg.model.context, val_fraction=cfg.val_fraction)
+def load_data(cfg: TrainConfig) -> TokenDataset:
+    """The tokens of ``cfg.data`` (and ``cfg.val_data``), as train and validation."""
+    return TokenDataset.load(
+        cfg.data,
+        context=cfg.model.context,
+        val_fraction=cfg.val_fraction,
+        vocab_size=cfg.model.vocab_size,
+        val_data=cfg.val_data or None,
+    )
 
 
 # 2. Model and optimizer.
 
 
 def build(
-    cfg: TrainConfig, optimizer_name: str, data: ByteDataset, log: Callable[..., None] = print
+    cfg: TrainConfig, optimizer_name: str, data: TokenDataset, log: Callable[..., None] = print
 ) -> Run:
     """The model, its optimizer and the jitted step and loss, as a ``Run`` at step 0.
 
@@ -228,13 +253,20 @@ def build(
     model = GPT(cfg.model, nnx.Rngs(cfg.seed))
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
-    tx = optimizers.build(optimizer_name, oc, cfg.steps, cfg.model.tied)
+    tx = optimizers.build(optimizer_name, oc, cfg.steps, cfg.model.tied, cfg.grad_accum_steps)
     if optimizer_name in ("scion", "unconstrained_scion"):
         rules = optimizers.scion_rules(oc, cfg.model.tied)
         log(lmo_optax.rules_table(params, rules))
         if oc.init == "ball":
             params = lmo_optax.init_on_ball(jax.random.key(cfg.seed), params, rules)
 
+    if jax.process_count() > 1:
+        # Each process would draw its own full batch and place it as if it were the global
+        # one; assembling process-local rows into one array is not implemented here.
+        raise ConfigError(
+            f"the training example runs in one process; this is process {jax.process_index()} "
+            f"of {jax.process_count()} (use the library's multi-host recipe in the README)"
+        )
     if cfg.mesh:
         mesh = parallel.parse_mesh(cfg.mesh)
         params, opt_state, batch_sharding, step_jit = _lay_out_on_mesh(params, tx, mesh)
@@ -246,20 +278,17 @@ def build(
                 f"not divide them: {', '.join(whole[:4])}" + (", …" if len(whole) > 4 else "")
             )
     else:
-        opt_state, batch_sharding, step_jit = tx.init(params), None, jax.jit
+        opt_state, batch_sharding = tx.init(params), None
+        step_jit = functools.partial(jax.jit, donate_argnums=(0, 1))
 
     def loss_of(params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
         return loss_fn(nnx.merge(graphdef, params), inputs, targets)
 
-    @step_jit
-    def train_step(params: Any, opt_state: Any, inputs: jax.Array, targets: jax.Array):
-        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    train_step = step_jit(_step_function(loss_of, tx, cfg.grad_accum_steps))
 
     log(
         f"{optimizer_name}: {model.num_params():,} parameters, data {data.description} "
-        f"({len(data.train):,} train / {len(data.val):,} val bytes)"
+        "({:,} train / {:,} val tokens)".format(*data.sizes)
     )
     return Run(
         cfg=cfg,
@@ -293,8 +322,44 @@ def _lay_out_on_mesh(
         jax.jit,
         in_shardings=(shardings, opt_shardings, batch, batch),
         out_shardings=(shardings, opt_shardings, scalar),
+        donate_argnums=(0, 1),
     )
     return params, opt_state, batch, step_jit
+
+
+def _step_function(
+    loss_of: Callable[..., jax.Array], tx: optax.GradientTransformation, grad_accum_steps: int
+) -> Callable[..., tuple[Any, Any, jax.Array]]:
+    """``(params, opt_state, inputs, targets) -> (params, opt_state, loss)``: one optimizer step.
+
+    With ``grad_accum_steps`` k > 1 (``tx`` is then ``optax.MultiSteps``) the batch is split
+    into k micro-batches (sequence i goes to micro-batch i mod k, so each stays spread over a
+    mesh's ``data`` axis) and a ``lax.scan`` gives each its gradient and ``tx.update``: the
+    first k − 1 updates are zero and the k-th applies the mean gradient. The loss is the mean of
+    the micro-batches' losses.
+    """
+
+    def micro_step(params: Any, opt_state: Any, inputs: jax.Array, targets: jax.Array):
+        loss, grads = jax.value_and_grad(loss_of)(params, inputs, targets)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    if grad_accum_steps == 1:
+        return micro_step
+
+    def split(x: jax.Array) -> jax.Array:
+        return x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, -1).swapaxes(0, 1)
+
+    def train_step(params: Any, opt_state: Any, inputs: jax.Array, targets: jax.Array):
+        def body(carry: tuple[Any, Any], batch: tuple[jax.Array, jax.Array]):
+            params, opt_state, loss = micro_step(*carry, *batch)
+            return (params, opt_state), loss
+
+        batches = (split(inputs), split(targets))
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batches)
+        return params, opt_state, jnp.mean(losses)
+
+    return train_step
 
 
 # 3. The output folder and checkpoints: lmo_optax.example.checkpoints.
@@ -326,19 +391,30 @@ def truncate_metrics(path: pathlib.Path, step: int) -> None:
 
 
 def loop(
-    run: Run, saved: checkpoints.Checkpoints, metrics_path: pathlib.Path, end: int
+    run: Run,
+    saved: checkpoints.Checkpoints,
+    metrics_path: pathlib.Path,
+    end: int,
+    log: Callable[..., None] = _silent,
 ) -> LoopStats:
     """Trains ``run`` from its step to ``end``, then saves a checkpoint at ``end``.
 
     Every step appends a line to ``metrics.jsonl`` (``step``, ``train_loss``, ``tokens_per_s``,
     and ``val_loss`` every ``eval_every`` steps and at ``cfg.steps``) and updates the progress
-    line; a checkpoint is saved every ``checkpoint_every`` steps.
+    line; a checkpoint is saved every ``checkpoint_every`` steps. The first step's time, which
+    compiles the jitted step, is logged once (``LoopStats.compile_time_s``).
     """
     cfg = run.cfg
     progress = Progress(cfg.steps, run.optimizer, every=cfg.log_every)
     stats = LoopStats.of(read_metrics(metrics_path))
     tokens_per_step = cfg.batch_size * cfg.model.context
     t_start = time.perf_counter()
+    diagnostics, diagnostics_calls = None, []
+    if cfg.diagnostics_every and run.optimizer in ("scion", "unconstrained_scion"):
+        oc = cfg.optimizers[run.optimizer]
+        diagnostics = diagnostics_log.DiagnosticsLog(
+            metrics_path.parent, optimizers.scion_rules(oc, cfg.model.tied), ns_steps=oc.ns_steps
+        )
     with metrics_path.open("a") as metrics:
         while run.step < end:
             step = run.step + 1
@@ -348,6 +424,9 @@ def loop(
             run.step = step
             stats.train_loss = float(loss)  # waits for the step to finish
             stats.tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
+            if math.isnan(stats.compile_time_s):
+                stats.compile_time_s = time.perf_counter() - t0
+                log(f"jitted step compiled and run once in {stats.compile_time_s:.1f} s")
             if not math.isfinite(stats.train_loss):
                 oc = cfg.optimizers[run.optimizer]
                 raise FloatingPointError(
@@ -365,8 +444,25 @@ def loop(
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             progress.update(step, stats.train_loss, stats.tokens_per_s, val)
+            if diagnostics is not None and step % cfg.diagnostics_every == 0:
+                t_diagnostics = time.perf_counter()
+                diagnostics.record(step, run.params, run.opt_state)
+                diagnostics_calls.append(time.perf_counter() - t_diagnostics)
+                stats.diagnostics_time_s += diagnostics_calls[-1]
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 saved.save(run.step, run.state)
+    if diagnostics is not None:
+        if importlib.util.find_spec("matplotlib") is None:  # an optional dependency
+            log(f"no {diagnostics_log.PLOT}: pip install 'lmo-optax[examples]' for matplotlib")
+        else:
+            diagnostics.plot(title=run.optimizer)
+        share = stats.diagnostics_time_s / max(time.perf_counter() - t_start, 1e-9)
+        later = diagnostics_calls[1:]
+        log(
+            f"diagnostics: {len(diagnostics_calls)} calls, {stats.diagnostics_time_s:.1f} s "
+            f"({100 * share:.1f}% of the loop; the first call compiles"
+            + (f", the others took {sum(later) / len(later):.3f} s each)" if later else ")")
+        )
     saved.save(run.step, run.state)
     saved.seal()
     stats.wall_time_s = time.perf_counter() - t_start
@@ -381,7 +477,8 @@ class Progress:
     (and a notebook without ipywidgets nothing), where a training log needs periodic lines.
     """
 
-    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr, every: int = 10):
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, every: int = 10):
+        stream = sys.stderr if stream is None else stream  # read at call time (tests swap it)
         self.total, self.label, self.stream, self.every = total, label, stream, every
         self.tty = stream.isatty()
 
@@ -406,18 +503,52 @@ class Progress:
 # 5. Finish: sample and result.
 
 
-def finish(run: Run, stats: LoopStats, out: pathlib.Path) -> RunResult:
+def text_codec(
+    tokenizer: str | None, vocab_size: int
+) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]] | None:
+    """(encode, decode) between text and the data's token ids, for samples; None if unknown.
+
+    Bytes for text data (and for shards of unknown origin with a 256-token vocabulary); GPT-2's
+    BPE for shards that ``lmo-optax prepare`` made with it, or of unknown origin with a
+    GPT-2-sized vocabulary (llm.c's and nanoGPT's shards), when tiktoken has its files offline.
+    """
+    if tokenizer == "bytes" or (tokenizer is None and vocab_size == BYTE_VOCABULARY):
+        return (
+            lambda text: list(text.encode("utf-8")),
+            lambda ids: bytes(i for i in ids if i < BYTE_VOCABULARY).decode("utf-8", "replace"),
+        )
+    if tokenizer == "gpt2" or (tokenizer is None and vocab_size >= prepare.GPT2_TOKENS):
+        try:
+            encoder = prepare.gpt2_encoder()
+        except ConfigError:
+            return None
+        return encoder.encode_ordinary, lambda ids: encoder.decode(
+            [i for i in ids if i < prepare.GPT2_TOKENS]
+        )
+    return None
+
+
+def finish(
+    run: Run, stats: LoopStats, out: pathlib.Path, log: Callable[..., None] = _silent
+) -> RunResult:
     """Samples text once the run is complete and writes ``sample.txt`` and ``result.json``."""
     cfg = run.cfg
     sample = ""
-    if run.step == cfg.steps and cfg.sample_bytes > 0:
-        prompt = np.frombuffer(cfg.sample_prompt.encode(), np.uint8).astype(np.int32)
+    codec = text_codec(run.data.tokenizer, cfg.model.vocab_size)
+    if run.step == cfg.steps and cfg.sample_bytes > 0 and codec is None:
+        log(
+            f"no sample: the token ids of {run.data.description} are not bytes and no tokenizer "
+            "for them is available offline"
+        )
+    elif run.step == cfg.steps and cfg.sample_bytes > 0:
+        encode, decode = codec
+        prompt = np.asarray(encode(cfg.sample_prompt), np.int32)
         params = run.params
         if cfg.mesh:  # sample on one device
             params = jax.device_put(params, jax.devices()[0])
         model = nnx.merge(run.graphdef, params)
         tokens = generate(model, jnp.asarray(prompt), cfg.sample_bytes, jax.random.key(cfg.seed))
-        sample = bytes(np.asarray(tokens, np.uint8)).decode("utf-8", errors="replace")
+        sample = decode(np.asarray(tokens).tolist())
         (out / "sample.txt").write_text(sample)
     result = RunResult(
         optimizer=run.optimizer,
@@ -426,7 +557,9 @@ def finish(run: Run, stats: LoopStats, out: pathlib.Path) -> RunResult:
         final_train_loss=stats.train_loss,
         final_val_loss=stats.val_loss,
         wall_time_s=stats.wall_time_s,
+        compile_time_s=stats.compile_time_s,
         tokens_per_s=stats.tokens_per_s,
+        diagnostics_time_s=stats.diagnostics_time_s,
         sample=sample,
         out_dir=str(out),
     )
