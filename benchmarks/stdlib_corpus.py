@@ -29,7 +29,6 @@ from typing import Any
 
 import _common
 import _runs
-import jax
 from flax import nnx
 
 from lmo_optax.example.config import TrainConfig, load_config
@@ -61,8 +60,7 @@ def base_config(quick: bool) -> TrainConfig:
 
 def count_params(model: GPTConfig) -> int:
     """The model's parameter count, from shapes only (nothing is allocated)."""
-    abstract = nnx.eval_shape(lambda: GPT(model, rngs=nnx.Rngs(0)))
-    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    return nnx.eval_shape(lambda: GPT(model, rngs=nnx.Rngs(0))).num_params()
 
 
 def tuning_config(cfg: TrainConfig, quick: bool) -> TrainConfig:
