@@ -92,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--tokenizer", choices=("bytes", "gpt2"), default="bytes")
     pr.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     pr.add_argument("--val-fraction", type=float, default=0.1, help="the end held out as val_*.bin")
+    la = sub.add_parser(
+        "launch",
+        help="run a command in N local processes of one JAX cluster",
+        usage="lmo-optax launch -n N [--devices-per-process K] -- COMMAND ARGS...",
+    )
+    la.add_argument("-n", "--num-processes", type=int, required=True, dest="count")
+    la.add_argument(
+        "--devices-per-process",
+        type=int,
+        default=None,
+        help="simulated CPU devices per process (CPU only)",
+    )
+    la.add_argument("launched", nargs=argparse.REMAINDER, help="-- then the lmo-optax command")
     d = sub.add_parser("digits", help="a small CNN on scikit-learn's 8x8 digits")
     d.add_argument("--optimizer", "--optimizers", dest="optimizer", default="scion,adamw")
     d.add_argument("--steps", type=int, default=None)
@@ -329,6 +342,14 @@ def prepare_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def launch_main(args: argparse.Namespace) -> int:
+    """``launch``: the command in ``-n`` local processes (``lmo_optax.example.launch``)."""
+    from lmo_optax.example import launch
+
+    command = args.launched[1:] if args.launched[:1] == ["--"] else args.launched
+    return launch.launch(args.count, command, devices_per_process=args.devices_per_process)
+
+
 def digits_main(args: argparse.Namespace) -> int:
     """``digits``: the CNN with each optimizer named, and a table of their results."""
     from lmo_optax.example.digits import DIGITS_OPTIMIZERS, DigitsConfig, train_digits
@@ -354,6 +375,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "configs": configs_main,
     "prepare": prepare_main,
     "digits": digits_main,
+    "launch": launch_main,
 }
 
 
