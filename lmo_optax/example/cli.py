@@ -84,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
             help="train sharded over a device mesh, e.g. data=8 or data=4,model=2 (on CPU the "
             f"devices are simulated, up to {MAX_SIMULATED_DEVICES})",
         )
+        p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0's coordinator")
+        p.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+        p.add_argument("--process-id", type=int, default=None, help="this process's index")
+        p.add_argument(
+            "--cluster",
+            choices=["auto"],
+            default=None,
+            help="auto: let JAX find the cluster (TPU pods, SLURM, ...)",
+        )
     _add_config_arguments(sub.add_parser("rules"))
     sub.add_parser("configs", help="list the packaged configs")
     pr = sub.add_parser("prepare", help="turn local text files into token shards")
@@ -200,6 +209,8 @@ def _simulate_cpu_devices(mesh: str) -> None:
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
+    if os.environ.get("LMO_OPTAX_CPU_DEVICES"):  # set by launch, applied by cluster.join
+        return
     import jax
 
     needed = math.prod(mesh_axes(mesh).values())
@@ -213,7 +224,11 @@ def train_main(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out or f"runs/{pathlib.Path(args.config).stem}")
     separate = len(names) > 1 or args.command == "compare"
     run_dirs = [out / name if separate else out for name in names]
-    if cfg.mesh:
+    from lmo_optax.example import cluster
+
+    joined = cluster.settings(args.coordinator, args.num_processes, args.process_id)
+    cluster.join(joined, auto=args.cluster == "auto")
+    if cfg.mesh and joined is None and args.cluster is None:
         _simulate_cpu_devices(cfg.mesh)
     # Imported late so that config errors are reported without loading orbax.
     from lmo_optax.example import checkpoints, parallel
@@ -233,7 +248,8 @@ def train_main(args: argparse.Namespace) -> int:
         train_lib.train(cfg, name, run_dir, data=data, **earlier)
         for name, run_dir in zip(names, run_dirs, strict=True)
     ]
-    report(args, cfg, out, results, data)
+    if cluster.is_primary():  # the other processes of a multi-process run report nothing
+        report(args, cfg, out, results, data)
     return 0
 
 
