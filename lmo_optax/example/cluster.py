@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from lmo_optax.example.errors import ConfigError
 
@@ -138,3 +139,20 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"lmo-optax: {name}")
+
+
+def compiled_together(jitted: Any, *args: Any, name: str) -> Any:
+    """``jitted`` compiled for ``args`` before its first call, then a barrier: in a
+    multi-process run every process starts its collectives within moments of the others.
+
+    Processes that compile at different speeds would otherwise meet in the first collectives of
+    a program more than 30 s apart, longer than gloo waits to set up a group of devices. In a
+    one-process run ``jitted`` is returned as it is (its first call compiles it).
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return jitted
+    program = jitted.lower(*args).compile()
+    barrier(f"{name} compiled")
+    return program

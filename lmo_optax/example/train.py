@@ -443,6 +443,13 @@ def loop(
             step = run.step + 1
             x, y = run.batch("train", step)
             t0 = time.perf_counter()
+            if math.isnan(stats.compile_time_s):  # several processes: compiled, then a barrier
+                run.train_step = cluster.compiled_together(
+                    run.train_step, run.params, run.opt_state, x, y, name="train step"
+                )
+                run.eval_loss = cluster.compiled_together(
+                    run.eval_loss, run.params, x, y, name="validation loss"
+                )
             run.params, run.opt_state, loss = run.train_step(run.params, run.opt_state, x, y)
             run.step = step
             stats.train_loss = float(loss)  # waits for the step to finish
