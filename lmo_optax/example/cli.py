@@ -40,7 +40,7 @@ from lmo_optax.example.config import (
     mesh_axes,
 )
 from lmo_optax.example.data import TokenDataset
-from lmo_optax.example.errors import warn
+from lmo_optax.example.errors import PeerLost, warn
 
 # More simulated CPU devices than this only slow a CPU down; XLA_FLAGS can still ask for more.
 MAX_SIMULATED_DEVICES = 64
@@ -230,6 +230,9 @@ def train_main(args: argparse.Namespace) -> int:
     cluster.join(joined, auto=args.cluster == "auto")
     if cfg.mesh and joined is None and args.cluster is None:
         _simulate_cpu_devices(cfg.mesh)
+    if not cfg.mesh and (devices := cluster.global_device_count()) is not None:
+        cfg = apply_overrides(cfg, [f"mesh=data={devices}"])  # one run over every process
+        print(f"{devices} devices in {cluster.process_count()} processes: --mesh {cfg.mesh}")
     # Imported late so that config errors are reported without loading orbax.
     from lmo_optax.example import checkpoints, parallel
     from lmo_optax.example import train as train_lib
@@ -244,10 +247,11 @@ def train_main(args: argparse.Namespace) -> int:
         if args.resume:
             checkpoints.find_resume_point(run_dir / "checkpoints")
     data = train_lib.load_data(cfg)
-    results = [
-        train_lib.train(cfg, name, run_dir, data=data, **earlier)
-        for name, run_dir in zip(names, run_dirs, strict=True)
-    ]
+    with cluster.peers_watched():
+        results = [
+            train_lib.train(cfg, name, run_dir, data=data, **earlier)
+            for name, run_dir in zip(names, run_dirs, strict=True)
+        ]
     if cluster.is_primary():  # the other processes of a multi-process run report nothing
         report(args, cfg, out, results, data)
     return 0
@@ -402,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as e:
         return _fail(f"error: {e}", 2)
-    except FloatingPointError as e:  # the run diverged: a result, reported the same way
+    except (FloatingPointError, PeerLost) as e:  # not a user error, but no bug here either
         return _fail(f"error: {e}", 1)
     except KeyboardInterrupt:
         return _fail("interrupted; --resume continues from the last checkpoint", 130)

@@ -15,17 +15,25 @@ With none of these the run is one process. On CPUs, processes exchange data thro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from lmo_optax.example.errors import ConfigError
+from lmo_optax.example.errors import ConfigError, PeerLost
 
 CPU_DEVICES_VARIABLE = "LMO_OPTAX_CPU_DEVICES"
 VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 # Seconds a process waits for the others to join, and after which a silent peer counts as lost.
 INITIALIZATION_TIMEOUT_S = 120
 HEARTBEAT_TIMEOUT_S = 30
+# How a collective reports that a peer went away (gloo on CPUs, NCCL on GPUs, the coordination
+# service everywhere), as opposed to a failure of this process's own.
+PEER_FAILURE = re.compile(r"gloo|nccl|peer|connection|socket|heartbeat|coordination", re.I)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,3 +164,52 @@ def compiled_together(jitted: Any, *args: Any, name: str) -> Any:
     program = jitted.lower(*args).compile()
     barrier(f"{name} compiled")
     return program
+
+
+def process_count() -> int:
+    """How many processes the run has (1 unless it joined a cluster)."""
+    import jax
+
+    return jax.process_count()
+
+
+def global_device_count() -> int | None:
+    """The devices of every process of a multi-process run; None in a one-process run."""
+    import jax
+
+    return jax.device_count() if jax.process_count() > 1 else None
+
+
+@contextlib.contextmanager
+def peers_watched(wait_s: float = HEARTBEAT_TIMEOUT_S + 15) -> Iterator[None]:
+    """Turns a collective that failed because another process stopped into ``PeerLost``.
+
+    When a process of the run dies, the others learn it first from a collective that fails
+    (its peer closed the connection), without knowing which process it was. JAX's distributed
+    service finds out within ``HEARTBEAT_TIMEOUT_S`` (a process that stops sending heartbeats),
+    prints the lost process's index and ends this one (status 134) — or, when process 0 (the
+    coordinator) was lost, says that the leader task died. So this says what happened, waits
+    up to ``wait_s`` for that verdict, and raises ``PeerLost`` if none came. A failure that
+    does not look like a lost peer, or one in a one-process run, is re-raised unchanged.
+    """
+    import jax
+
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1 or not PEER_FAILURE.search(str(e)):
+            raise
+        first = str(e).strip().splitlines()[0][:300]
+        me, count = jax.process_index(), jax.process_count()
+        print(
+            f"lmo-optax: error: process {me} of {count} lost contact with the others "
+            f"({first}); waiting up to {wait_s:.0f} s for JAX's distributed service to name "
+            "the process that stopped",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(wait_s)  # JAX's distributed service normally ends this process meanwhile
+        raise PeerLost(
+            f"process {me} of {count}: a collective failed ({first}) and no process was "
+            f"reported lost within {wait_s:.0f} s"
+        ) from e

@@ -23,10 +23,10 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from lmo_optax.example.cluster import CPU_DEVICES_VARIABLE, VARIABLES
 from lmo_optax.example.errors import ConfigError
 
 GRACE_S = 10.0  # how long a stopped process may take to exit before it is killed
-CPU_DEVICES_VARIABLE = "LMO_OPTAX_CPU_DEVICES"
 
 
 def free_port() -> int:
@@ -39,15 +39,34 @@ def free_port() -> int:
 def process_environment(index: int, count: int, port: int, devices: int | None) -> dict[str, str]:
     """The environment of process ``index`` of ``count``: this one's, plus the cluster's."""
     env = dict(os.environ)
-    env.update(
-        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-        JAX_NUM_PROCESSES=str(count),
-        JAX_PROCESS_ID=str(index),
-        PYTHONUNBUFFERED="1",  # lines arrive as they are printed
-    )
+    env.update(zip(VARIABLES, (f"127.0.0.1:{port}", str(count), str(index)), strict=True))
+    env["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are printed
     if devices is not None:
         env[CPU_DEVICES_VARIABLE] = str(devices)
     return env
+
+
+def describe(returncode: int) -> str:
+    """How a process ended, from its ``Popen.returncode`` (negative: killed by that signal).
+
+    >>> describe(2), describe(-9)
+    ('exited with status 2', 'was killed by SIGKILL')
+    """
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def exit_status(returncode: int) -> int:
+    """The launcher's status for a process that ended so: a shell's 128 + N for signal N.
+
+    >>> exit_status(2), exit_status(-9)
+    (2, 137)
+    """
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _forward(index: int, source: TextIO, sink: TextIO, lock: threading.Lock) -> None:
@@ -76,13 +95,17 @@ def launch(
     command: Sequence[str],
     *,
     devices_per_process: int | None = None,
+    program: Sequence[str] | None = None,
     stream: TextIO | None = None,
     poll_s: float = 0.2,
 ) -> int:
     """Runs ``lmo-optax command...`` in ``count`` local processes of one cluster.
 
-    Returns 0 when every process exits 0; otherwise the status of the first that did not (the
-    others are stopped), or 130 after Ctrl-C.
+    ``program`` is what each process runs before ``command`` (``python -m
+    lmo_optax.example.cli``, that is ``lmo-optax``, unless given).
+
+    Returns 0 when every process exits 0; otherwise the status of the first that did not (128 +
+    N for one killed by signal N; the others are stopped), or 130 after Ctrl-C.
 
     Raises:
       ConfigError: ``count`` < 1, ``devices_per_process`` < 1, or no command.
@@ -97,7 +120,8 @@ def launch(
         raise ConfigError("launch: no command after --, e.g. lmo-optax launch -n 2 -- train")
     stream = sys.stdout if stream is None else stream
     port, lock = free_port(), threading.Lock()
-    argv = [sys.executable, "-m", "lmo_optax.example.cli", *command]
+    program = [sys.executable, "-m", "lmo_optax.example.cli"] if program is None else program
+    argv = [*program, *command]
     procs, threads = [], []
     for i in range(count):
         p = subprocess.Popen(
@@ -113,21 +137,28 @@ def launch(
         threads.append(t)
     status = 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode]
+        while True:
+            ended = [(i, p.poll()) for i, p in enumerate(procs)]  # polls every process
+            failed = [(i, code) for i, code in ended if code]
             if failed:
-                index, status = failed[0]
-                with lock:
-                    stream.write(
-                        f"lmo-optax launch: process {index} exited with status {status}; "
-                        "stopping the others\n"
-                    )
-                _stop(procs)
+                index, returncode = failed[0]
+                if any(code is None for _, code in ended):
+                    with lock:
+                        stream.write(
+                            f"lmo-optax launch: process {index} {describe(returncode)}; "
+                            "stopping the others\n"
+                        )
+                        stream.flush()
+                    _stop(procs)
+                status = exit_status(returncode)
+                break
+            if all(code == 0 for _, code in ended):
                 break
             time.sleep(poll_s)
-        else:
-            status = next((p.returncode for p in procs if p.returncode), 0)
     except KeyboardInterrupt:
+        with lock:
+            stream.write("lmo-optax launch: interrupted; stopping every process\n")
+            stream.flush()
         _stop(procs)
         status = 130
     for t in threads:

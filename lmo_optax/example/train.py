@@ -428,7 +428,8 @@ def loop(
     """
     cfg = run.cfg
     progress = Progress(cfg.steps, run.optimizer, every=cfg.log_every)
-    stats = LoopStats.of(read_metrics(metrics_path))
+    # Process 0 alone keeps metrics.jsonl; the others may not even see its file system.
+    stats = LoopStats.of(read_metrics(metrics_path) if cluster.is_primary() else [])
     tokens_per_step = cfg.batch_size * cfg.model.context
     t_start = time.perf_counter()
     diagnostics, diagnostics_calls = None, []
