@@ -193,33 +193,23 @@ def test_an_empty_tiktoken_cache_variable_is_refused(monkeypatch):
             prepare_module.gpt2_encoder()
 
 
-def test_the_example_refuses_to_run_in_several_processes(monkeypatch):
-    import jax
-
-    from lmo_optax.example.train import build
-
-    cfg = load_config("tiny")
-    ds = TokenDataset.from_text(TEXT, context=cfg.model.context)
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ConfigError, match="runs in one process; this is process 0 of 2"):
-        build(cfg, "adamw", ds, log=lambda *a: None)
-
-
 # --- Batches ---------------------------------------------------------------------------------
 
 
-def test_batches_depend_on_seed_step_and_process_only(tmp_path):
+def test_batches_depend_on_seed_and_step_only_and_rows_are_parts_of_them(tmp_path):
     for i in range(3):  # windows are drawn from several shards
         write_headerless(tmp_path / f"s{i}.bin", np.arange(300) + 1000 * i)
     ds = TokenDataset.load(str(tmp_path / "s*.bin"), context=16, vocab_size=4000)
 
     def batch(**kw):
-        args = {"seed": 0, "step": 3, "process": 0, **kw}
+        args = {"seed": 0, "step": 3, **kw}
         return ds.batch("train", batch_size=32, context=16, **args)[0]
 
     assert np.array_equal(batch(), batch())
-    for change in ({"seed": 1}, {"step": 4}, {"process": 1}):
+    for change in ({"seed": 1}, {"step": 4}):
         assert not np.array_equal(batch(), batch(**change)), change
+    # A process reads the rows of its devices: the same rows of the same global batch.
+    np.testing.assert_array_equal(batch(rows=slice(8, 16)), batch()[8:16])
     x, y = ds.batch("train", seed=0, step=3, batch_size=32, context=16)
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
     assert (np.diff(x, axis=1) == 1).all()  # no window crosses from one shard into the next

@@ -137,7 +137,8 @@ class Checkpoints:
         self.manager.wait_until_finished()
         if self._unsealed is not None:
             step, arrays = self._unsealed
-            write_manifest(self.directory / f"step_{step}", arrays)
+            if jax.process_index() == 0:  # orbax's primary process completes the checkpoint
+                write_manifest(self.directory / f"step_{step}", arrays)
             self._unsealed = None
 
 

@@ -40,7 +40,7 @@ from lmo_optax.example.config import (
     mesh_axes,
 )
 from lmo_optax.example.data import TokenDataset
-from lmo_optax.example.errors import warn
+from lmo_optax.example.errors import PeerLost, warn
 
 # More simulated CPU devices than this only slow a CPU down; XLA_FLAGS can still ask for more.
 MAX_SIMULATED_DEVICES = 64
@@ -84,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
             help="train sharded over a device mesh, e.g. data=8 or data=4,model=2 (on CPU the "
             f"devices are simulated, up to {MAX_SIMULATED_DEVICES})",
         )
+        p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0's coordinator")
+        p.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+        p.add_argument("--process-id", type=int, default=None, help="this process's index")
+        p.add_argument(
+            "--cluster",
+            choices=["auto"],
+            default=None,
+            help="auto: let JAX find the cluster (TPU pods, SLURM, ...)",
+        )
     _add_config_arguments(sub.add_parser("rules"))
     sub.add_parser("configs", help="list the packaged configs")
     pr = sub.add_parser("prepare", help="turn local text files into token shards")
@@ -92,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--tokenizer", choices=("bytes", "gpt2"), default="bytes")
     pr.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     pr.add_argument("--val-fraction", type=float, default=0.1, help="the end held out as val_*.bin")
+    la = sub.add_parser(
+        "launch",
+        help="run a command in N local processes of one JAX cluster",
+        usage="lmo-optax launch -n N [--devices-per-process K] -- COMMAND ARGS...",
+    )
+    la.add_argument("-n", "--num-processes", type=int, required=True, dest="count")
+    la.add_argument(
+        "--devices-per-process",
+        type=int,
+        default=None,
+        help="simulated CPU devices per process (CPU only)",
+    )
+    la.add_argument("launched", nargs=argparse.REMAINDER, help="-- then the lmo-optax command")
     d = sub.add_parser("digits", help="a small CNN on scikit-learn's 8x8 digits")
     d.add_argument("--optimizer", "--optimizers", dest="optimizer", default="scion,adamw")
     d.add_argument("--steps", type=int, default=None)
@@ -187,6 +209,8 @@ def _simulate_cpu_devices(mesh: str) -> None:
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
+    if os.environ.get("LMO_OPTAX_CPU_DEVICES"):  # set by launch, applied by cluster.join
+        return
     import jax
 
     needed = math.prod(mesh_axes(mesh).values())
@@ -200,8 +224,15 @@ def train_main(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out or f"runs/{pathlib.Path(args.config).stem}")
     separate = len(names) > 1 or args.command == "compare"
     run_dirs = [out / name if separate else out for name in names]
-    if cfg.mesh:
+    from lmo_optax.example import cluster
+
+    joined = cluster.settings(args.coordinator, args.num_processes, args.process_id)
+    cluster.join(joined, auto=args.cluster == "auto")
+    if cfg.mesh and joined is None and args.cluster is None:
         _simulate_cpu_devices(cfg.mesh)
+    if not cfg.mesh and (devices := cluster.global_device_count()) is not None:
+        cfg = apply_overrides(cfg, [f"mesh=data={devices}"])  # one run over every process
+        print(f"{devices} devices in {cluster.process_count()} processes: --mesh {cfg.mesh}")
     # Imported late so that config errors are reported without loading orbax.
     from lmo_optax.example import checkpoints, parallel
     from lmo_optax.example import train as train_lib
@@ -216,11 +247,13 @@ def train_main(args: argparse.Namespace) -> int:
         if args.resume:
             checkpoints.find_resume_point(run_dir / "checkpoints")
     data = train_lib.load_data(cfg)
-    results = [
-        train_lib.train(cfg, name, run_dir, data=data, **earlier)
-        for name, run_dir in zip(names, run_dirs, strict=True)
-    ]
-    report(args, cfg, out, results, data)
+    with cluster.peers_watched():
+        results = [
+            train_lib.train(cfg, name, run_dir, data=data, **earlier)
+            for name, run_dir in zip(names, run_dirs, strict=True)
+        ]
+    if cluster.is_primary():  # the other processes of a multi-process run report nothing
+        report(args, cfg, out, results, data)
     return 0
 
 
@@ -329,6 +362,14 @@ def prepare_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def launch_main(args: argparse.Namespace) -> int:
+    """``launch``: the command in ``-n`` local processes (``lmo_optax.example.launch``)."""
+    from lmo_optax.example import launch
+
+    command = args.launched[1:] if args.launched[:1] == ["--"] else args.launched
+    return launch.launch(args.count, command, devices_per_process=args.devices_per_process)
+
+
 def digits_main(args: argparse.Namespace) -> int:
     """``digits``: the CNN with each optimizer named, and a table of their results."""
     from lmo_optax.example.digits import DIGITS_OPTIMIZERS, DigitsConfig, train_digits
@@ -354,6 +395,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "configs": configs_main,
     "prepare": prepare_main,
     "digits": digits_main,
+    "launch": launch_main,
 }
 
 
@@ -364,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as e:
         return _fail(f"error: {e}", 2)
-    except FloatingPointError as e:  # the run diverged: a result, reported the same way
+    except (FloatingPointError, PeerLost) as e:  # not a user error, but no bug here either
         return _fail(f"error: {e}", 1)
     except KeyboardInterrupt:
         return _fail("interrupted; --resume continues from the last checkpoint", 130)

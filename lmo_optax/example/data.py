@@ -14,9 +14,10 @@ Text tokens are bytes (vocabulary 256); shards hold a tokenizer's ids, below
 ``val_fraction`` of the tokens is held out for validation; with it, the whole of ``--data`` is
 trained on and the whole of ``--val-data`` (any of the forms above) validated on.
 
-Batches are functions of (seed, split, step, process index): a resumed run sees the same
-batches, and each process of a multi-process run draws its own windows. Validation batch ``i``
-is drawn with step ``i``, so every evaluation sees the same windows.
+Batches are functions of (seed, split, step): a resumed run sees the same batches, and the
+processes of a multi-process run read their rows of the same global batch that one process
+would draw. Validation batch ``i`` is drawn with step ``i``, so every evaluation sees the same
+windows.
 """
 
 from __future__ import annotations
@@ -239,19 +240,21 @@ class TokenDataset:
         step: int,
         batch_size: int,
         context: int,
-        process: int = 0,
+        rows: slice = slice(None),
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets) of shape (batch_size, context), a function of (seed, split, step,
-        process) only.
+        """(inputs, targets) of the global batch's ``rows``, each (context,) long: a function
+        of (seed, split, step) only.
 
-        Process 0 draws what earlier versions (with no process index) drew. Raises
-        ``ConfigError`` naming the file when a window holds a token id ≥ ``vocab_size``.
+        Every process of a multi-process run draws the same global batch and reads only the
+        rows of its devices. Raises ``ConfigError`` naming the file when a window holds a token
+        id ≥ ``vocab_size``.
         """
         pieces = self.train_pieces if split == "train" else self.val_pieces
-        rng = np.random.default_rng([seed, _SPLITS[split], step, process])
+        rng = np.random.default_rng([seed, _SPLITS[split], step])
         counts = np.array([len(p.tokens) - context - 1 for p in pieces])
         ends = np.cumsum(counts)
-        starts = rng.integers(0, ends[-1], size=batch_size)
+        starts = rng.integers(0, ends[-1], size=batch_size)[rows]
+        batch_size = len(starts)
         which = np.searchsorted(ends, starts, side="right")
         offsets = starts - (ends - counts)[which]
         window = np.empty((batch_size, context + 1), np.int32)

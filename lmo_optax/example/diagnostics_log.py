@@ -81,8 +81,9 @@ class DiagnosticsLog:
             path: {key: float(np.asarray(v)) for key, v in entry.items()}
             for path, entry in jax.device_get(result).items()
         }
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": int(step), "params": values}) + "\n")
+        if jax.process_index() == 0:  # one line per step in a multi-process run
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": int(step), "params": values}) + "\n")
         return values
 
     def read(self) -> list[dict[str, Any]]:

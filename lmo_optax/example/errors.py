@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A user error: its message names the flag, field or file, the value and what is allowed."""
 
 
+class PeerLost(RuntimeError):
+    """Another process of a multi-process run stopped; ``lmo-optax`` exits with status 1."""
+
+
 def warn(message: str) -> None:
     """One line on stderr: ``lmo-optax: warning: <message>``."""
     print(f"lmo-optax: warning: {message}", file=sys.stderr, flush=True)

@@ -68,6 +68,11 @@ def parse_mesh(text: str, devices: list[jax.Device] | None = None) -> jax.shardi
             f"--mesh {text} needs {needed} devices, but JAX sees {len(devices)}; on CPU, "
             "simulate more with XLA_FLAGS=--xla_force_host_platform_device_count=N"
         )
+    if jax.process_count() > 1 and needed != len(devices):
+        raise ConfigError(
+            f"--mesh {text} uses {needed} of the {len(devices)} devices of "
+            f"{jax.process_count()} processes; a multi-process run needs a mesh over all of them"
+        )
     grid = np.asarray(devices[:needed]).reshape(tuple(axes.values()))
     return jax.sharding.Mesh(grid, tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 

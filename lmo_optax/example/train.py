@@ -24,6 +24,7 @@ import functools
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -36,9 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 import lmo_optax
-from lmo_optax.example import checkpoints, diagnostics_log, optimizers, parallel, prepare
+from lmo_optax.example import (
+    checkpoints,
+    cluster,
+    diagnostics_log,
+    optimizers,
+    parallel,
+    prepare,
+)
 from lmo_optax.example.config import TrainConfig
 from lmo_optax.example.data import BYTE_VOCABULARY, TokenDataset
 from lmo_optax.example.errors import ConfigError
@@ -114,19 +123,34 @@ class Run:
         return {"params": self.params, "opt_state": self.opt_state}
 
     def batch(self, split: str, step: int) -> tuple[jax.Array, jax.Array]:
-        """(inputs, targets) of ``split`` for ``step``: the same on every run with this seed."""
+        """(inputs, targets) of ``split`` for ``step``: the same on every run with this seed.
+
+        On a mesh each process reads only the rows of its own devices (over several
+        processes, the global batch is assembled from them without moving data between them).
+        """
         cfg = self.cfg
-        x, y = self.data.batch(
+        draw = functools.partial(
+            self.data.batch,
             split,
             seed=cfg.seed,
             step=step,
             batch_size=cfg.batch_size,
             context=cfg.model.context,
-            process=jax.process_index(),
         )
         if self.batch_sharding is None:
-            return x, y
-        return jax.device_put(x, self.batch_sharding), jax.device_put(y, self.batch_sharding)
+            return draw()
+        shape, drawn = (cfg.batch_size, cfg.model.context), {}
+
+        def rows(index: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+            key = index[0].indices(cfg.batch_size)
+            if key not in drawn:  # devices that share rows (a model axis) read them once
+                drawn[key] = draw(rows=index[0])
+            return drawn[key]
+
+        make = jax.make_array_from_callback
+        x = make(shape, self.batch_sharding, lambda index: rows(index)[0][:, index[1]])
+        y = make(shape, self.batch_sharding, lambda index: rows(index)[1][:, index[1]])
+        return x, y
 
     def evaluate(self) -> float:
         """The mean loss of the parameters over ``cfg.eval_batches`` validation batches."""
@@ -201,14 +225,19 @@ def train(
     data = load_data(cfg) if data is None else data
     run = build(cfg, optimizer_name, data, log)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    checkpoints.prepare_out_dir(out, overwrite=overwrite, log=log)
-    if point is not None:
-        checkpoints.accept_resume_point(point, run.state, cfg.steps, out / checkpoints.REJECTED)
+    cluster.barrier("output folder checked")  # by every process, before any writes to it
+    if cluster.is_primary():  # one process of a multi-process run writes the run's files
+        checkpoints.prepare_out_dir(out, overwrite=overwrite, log=log)
+        if point is not None:
+            rejected = out / checkpoints.REJECTED
+            checkpoints.accept_resume_point(point, run.state, cfg.steps, rejected)
+    cluster.barrier("output folder prepared")
     with checkpoints.Checkpoints(out / "checkpoints", cfg.keep_checkpoints) as saved:
         if point is not None and point.step is not None:
             restore(run, saved, point.step)
             log(f"resumed from {saved.directory / f'step_{point.step}'}")
-        truncate_metrics(out / "metrics.jsonl", run.step)
+        if cluster.is_primary():
+            truncate_metrics(out / "metrics.jsonl", run.step)
         stats = loop(run, saved, out / "metrics.jsonl", end, log)
     return finish(run, stats, out, log)
 
@@ -260,13 +289,6 @@ def build(
         if oc.init == "ball":
             params = lmo_optax.init_on_ball(jax.random.key(cfg.seed), params, rules)
 
-    if jax.process_count() > 1:
-        # Each process would draw its own full batch and place it as if it were the global
-        # one; assembling process-local rows into one array is not implemented here.
-        raise ConfigError(
-            f"the training example runs in one process; this is process {jax.process_index()} "
-            f"of {jax.process_count()} (use the library's multi-host recipe in the README)"
-        )
     if cfg.mesh:
         mesh = parallel.parse_mesh(cfg.mesh)
         params, opt_state, batch_sharding, step_jit = _lay_out_on_mesh(params, tx, mesh)
@@ -406,7 +428,8 @@ def loop(
     """
     cfg = run.cfg
     progress = Progress(cfg.steps, run.optimizer, every=cfg.log_every)
-    stats = LoopStats.of(read_metrics(metrics_path))
+    # Process 0 alone keeps metrics.jsonl; the others may not even see its file system.
+    stats = LoopStats.of(read_metrics(metrics_path) if cluster.is_primary() else [])
     tokens_per_step = cfg.batch_size * cfg.model.context
     t_start = time.perf_counter()
     diagnostics, diagnostics_calls = None, []
@@ -415,11 +438,19 @@ def loop(
         diagnostics = diagnostics_log.DiagnosticsLog(
             metrics_path.parent, optimizers.scion_rules(oc, cfg.model.tied), ns_steps=oc.ns_steps
         )
-    with metrics_path.open("a") as metrics:
+    written = metrics_path if cluster.is_primary() else pathlib.Path(os.devnull)
+    with written.open("a") as metrics:
         while run.step < end:
             step = run.step + 1
             x, y = run.batch("train", step)
             t0 = time.perf_counter()
+            if math.isnan(stats.compile_time_s):  # several processes: compiled, then a barrier
+                run.train_step = cluster.compiled_together(
+                    run.train_step, run.params, run.opt_state, x, y, name="train step"
+                )
+                run.eval_loss = cluster.compiled_together(
+                    run.eval_loss, run.params, x, y, name="validation loss"
+                )
             run.params, run.opt_state, loss = run.train_step(run.params, run.opt_state, x, y)
             run.step = step
             stats.train_loss = float(loss)  # waits for the step to finish
@@ -454,7 +485,7 @@ def loop(
     if diagnostics is not None:
         if importlib.util.find_spec("matplotlib") is None:  # an optional dependency
             log(f"no {diagnostics_log.PLOT}: pip install 'lmo-optax[examples]' for matplotlib")
-        else:
+        elif cluster.is_primary():
             diagnostics.plot(title=run.optimizer)
         share = stats.diagnostics_time_s / max(time.perf_counter() - t_start, 1e-9)
         later = diagnostics_calls[1:]
@@ -544,12 +575,15 @@ def finish(
         encode, decode = codec
         prompt = np.asarray(encode(cfg.sample_prompt), np.int32)
         params = run.params
+        if jax.process_count() > 1:  # every process gets the whole parameters
+            params = multihost_utils.process_allgather(params, tiled=True)
         if cfg.mesh:  # sample on one device
-            params = jax.device_put(params, jax.devices()[0])
+            params = jax.device_put(params, jax.local_devices()[0])
         model = nnx.merge(run.graphdef, params)
         tokens = generate(model, jnp.asarray(prompt), cfg.sample_bytes, jax.random.key(cfg.seed))
         sample = decode(np.asarray(tokens).tolist())
-        (out / "sample.txt").write_text(sample)
+        if cluster.is_primary():
+            (out / "sample.txt").write_text(sample)
     result = RunResult(
         optimizer=run.optimizer,
         learning_rate=cfg.optimizers[run.optimizer].learning_rate,
@@ -563,7 +597,8 @@ def finish(
         sample=sample,
         out_dir=str(out),
     )
-    (out / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
+    if cluster.is_primary():
+        (out / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
 
 
