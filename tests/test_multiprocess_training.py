@@ -150,10 +150,12 @@ def test_a_killed_process_ends_the_others_and_the_run_resumes(tmp_path):
     assert "[0] 8 devices in 2 processes: --mesh data=8" in output
     assert "[0] resumed from" in output
     lmo_optax(*KILLED, "--out", "reference", cwd=tmp_path)
+    # The resumed steps ran on another mesh, which sums in another order: float32 rounding
+    # differences grow over the steps (2e-5 after 30 steps with jax 0.12), hence 1e-4.
     np.testing.assert_allclose(
         np.array(losses(tmp_path / "run"))[:, 1:],
         np.array(losses(tmp_path / "reference"))[:, 1:],
-        rtol=1e-5,
+        rtol=1e-4,
     )
 
 
