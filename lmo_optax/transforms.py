@@ -29,7 +29,11 @@ def _zeros_like(x: Any, dtype: Any) -> jax.Array:
     """Zeros of x's shape (and sharding, for arrays), also for jax.ShapeDtypeStruct."""
     if isinstance(x, jax.Array):
         return jnp.zeros_like(x, dtype=dtype)
-    return jnp.zeros(x.shape, dtype, out_sharding=getattr(x, "sharding", None))
+    sharding = getattr(x, "sharding", None)
+    zeros = jnp.zeros(x.shape, dtype)
+    # device_put, not jnp.zeros(out_sharding=...): that refuses Auto axes under a trace
+    # (jax.eval_shape of an init on abstract parameters).
+    return zeros if sharding is None else jax.device_put(zeros, sharding)
 
 
 # --------------------------------------------------------------------------------------------

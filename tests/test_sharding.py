@@ -460,3 +460,25 @@ def test_param_layouts_record_only_auto_axes_over_several_devices():
     for name in ("explicit", "one_device", "plain"):
         assert layouts.sharding(name, (8, 4)) is None, name
     assert layouts.replicated() == NamedSharding(auto, P())
+
+
+def test_init_on_abstract_parameters_over_auto_axes_allocates_nothing():
+    """``jax.eval_shape`` of ``init`` on ShapeDtypeStructs laid out over Auto axes (how a step
+    is compiled ahead of time for devices that are not there) gives the state's shapes, and
+    ``init`` records the layouts that the compiled update then keeps."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]), ("data",))  # Auto axes
+    sharding = NamedSharding(mesh, P("data", None))
+    params = {"w": jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=sharding)}
+    tx = lmo_optax.scion(0.1, "auto", ns_mesh=mesh)
+    state = jax.eval_shape(lambda: tx.init(params))  # closed over: init sees the layouts
+    assert [x.shape for x in jax.tree.leaves(state)] == [(64, 32), ()]
+    state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=sharding if x.shape else NamedSharding(mesh, P())
+        ),
+        state,
+    )
+    compiled = jax.jit(tx.update).lower(params, state, params).compile()
+    updates, new_state = compiled.output_shardings
+    assert updates["w"].is_equivalent_to(sharding, 2)
+    assert jax.tree.leaves(new_state)[0].is_equivalent_to(sharding, 2)

@@ -1,0 +1,135 @@
+"""``lmo-optax compile`` and the Newton–Schulz strategies, compiled by the real TPU compiler
+for a TPU slice that is not there (``jax.experimental.topologies``).
+
+Needs libtpu (``pip install "lmo-optax[tpu-aot]"``); without it these tests are skipped, except
+the one that checks the error a user without it gets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import lmo_optax
+from lmo_optax.example.errors import ConfigError
+
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAVE_LIBTPU, reason='needs libtpu: pip install "lmo-optax[tpu-aot]"'
+)
+TIMEOUT_S = 900
+SMALL = ["model.width=32", "model.depth=1", "batch_size=8"]
+
+
+def lmo_optax_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lmo_optax.example.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+@pytest.mark.skipif(HAVE_LIBTPU, reason="libtpu is installed")
+def test_without_libtpu_compile_says_how_to_install_it(tmp_path):
+    done = lmo_optax_cli("compile", "--topology", "v5e:2x4", "--mesh", "data=8", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "lmo-optax: error: compile needs the TPU compiler (libtpu), which is not installed: "
+        'pip install "lmo-optax[tpu-aot]"'
+    )
+
+
+@needs_libtpu
+def test_the_tiny_train_step_compiles_for_a_v5e_slice(tmp_path):
+    done = lmo_optax_cli(
+        "compile", "--topology", "v5e:2x4", "--mesh", "data=4,model=2",
+        "--optimizer", "scion,adamw", *SMALL, "--json", "step.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    scion, adamw = json.loads((tmp_path / "step.json").read_text())
+    for r in (scion, adamw):
+        assert r["topology"] == "v5e:2x4" and r["devices"] == 8 and r["chips"] == 8
+        assert r["hbm_bytes_per_device"] == 16 * 2**30 and r["fits"] is True
+        assert 0 < r["optimizer_flops"] < r["per_device_flops"]
+        b = r["per_device_bytes"]
+        assert (
+            b["total"]
+            == b["arguments"] + b["outputs"] + b["temporaries"] + b["code"] - b["aliased"]
+        )
+        assert b["aliased"] > 0  # parameters and optimizer state are donated
+        assert "all-reduce" in r["collectives"]  # the data-parallel gradient sum
+    # Newton–Schulz's matrix products: Scion's update costs more than AdamW's elementwise one.
+    assert scion["optimizer_flops"] > 10 * adamw["optimizer_flops"]
+    # Scion keeps one buffer per parameter where AdamW keeps two.
+    assert scion["per_device_bytes"]["arguments"] < adamw["per_device_bytes"]["arguments"]
+    assert "fits" in done.stdout and "collectives" in done.stdout
+
+
+@needs_libtpu
+@pytest.mark.parametrize(
+    "topology, mesh, message",
+    [
+        ("v5e:3x3", "data=8", "the TPU compiler does not know it"),
+        ("v9:2x2", "data=4", "not a TPU topology"),
+        ("v5e:2x4", "data=4", "--mesh 'data=4' has 4 devices but the slice has 8"),
+    ],
+)
+def test_bad_slices_and_meshes_are_one_line_errors(tmp_path, topology, mesh, message):
+    done = lmo_optax_cli("compile", "--topology", topology, "--mesh", mesh, *SMALL, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr.strip().splitlines()[-1]
+
+
+def test_device_counts_and_hbm_per_device():
+    from lmo_optax.example import aot
+
+    class Core:
+        def __init__(self, coords):
+            self.coords = coords
+
+    two_cores = [Core((x, 0, 0)) for x in range(4) for _ in range(2)]  # v4 described without a TPU
+    assert aot.chips(two_cores) == 4
+    assert aot.hbm_per_device("v4:2x2x1", two_cores) == 16 * 2**30
+    assert aot.hbm_per_device("v5p:2x2x1", [Core((i, 0, 0)) for i in range(4)]) == 95 * 2**30
+    with pytest.raises(ConfigError, match="has 4 devices but the slice has 8"):
+        aot.mesh_on(two_cores, "data=4")
+
+
+def update_flops(devices: list, strategy: str) -> float:
+    """Per-device FLOPs of Scion's update of 8 (256, 256) hidden matrices, FSDP over 8 devices."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
+    sharding = NamedSharding(mesh, P("data", None))
+    params = {
+        f"blocks/{i}/kernel": jax.ShapeDtypeStruct((256, 256), np.float32, sharding=sharding)
+        for i in range(8)
+    }
+    tx = lmo_optax.scion(0.1, "auto", ns_sharding=strategy, ns_mesh=mesh)
+    state = jax.eval_shape(lambda: tx.init(params))
+    state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        state,
+    )
+    cost = jax.jit(tx.update).lower(params, state, params).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+@needs_libtpu
+def test_distributing_newton_schulz_divides_its_flops_over_the_slice():
+    from jax.experimental import topologies
+
+    devices = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x4").devices
+    flops = {s: update_flops(devices, s) for s in ("replicate", "distribute", "sharded", "auto")}
+    print({s: f"{f / 1e6:.1f} MFLOP" for s, f in flops.items()})
+    assert flops["distribute"] <= 1.15 * flops["replicate"] / 8  # 8 matrices, 8 devices
+    assert flops["sharded"] <= 0.5 * flops["replicate"]
+    assert flops["auto"] <= 1.05 * min(flops["distribute"], flops["sharded"])
