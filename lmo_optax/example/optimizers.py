@@ -61,21 +61,31 @@ def _muon_dims(params: Any) -> Any:
 
 
 def build(
-    name: str, oc: OptimizerConfig, steps: int, tied: bool, grad_accum_steps: int = 1
+    name: str,
+    oc: OptimizerConfig,
+    steps: int,
+    tied: bool,
+    grad_accum_steps: int = 1,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformation:
     """The optimizer ``name`` with its schedule over ``steps`` optimizer steps.
+
+    ``mesh``: the device mesh the parameters are laid out on (Auto axes). Scion shares its
+    Newton–Schulz work over it (``ns_mesh``; the strategy per shape group is ``"auto"``'s).
 
     With ``grad_accum_steps`` k > 1 it is wrapped in ``optax.MultiSteps``: k calls of
     ``update`` average their gradients and the k-th applies one update (the others return
     zeros), so the schedule still counts optimizer steps.
     """
-    tx = _build(name, oc, steps, tied)
+    tx = _build(name, oc, steps, tied, mesh)
     if grad_accum_steps > 1:
         return optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
     return tx
 
 
-def _build(name: str, oc: OptimizerConfig, steps: int, tied: bool) -> optax.GradientTransformation:
+def _build(
+    name: str, oc: OptimizerConfig, steps: int, tied: bool, mesh: jax.sharding.Mesh | None
+) -> optax.GradientTransformation:
     if name not in OPTIMIZER_NAMES:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_NAMES)}")
     lr = schedule(oc, steps)
@@ -87,6 +97,7 @@ def _build(name: str, oc: OptimizerConfig, steps: int, tied: bool) -> optax.Grad
             gradient_weight=oc.gradient_weight,
             ns_steps=oc.ns_steps,
             state_dtype=oc.state_dtype,
+            ns_mesh=mesh,
         )
     if name == "adamw":
         return optax.adamw(lr, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay)

@@ -282,15 +282,17 @@ def build(
     model = GPT(cfg.model, nnx.Rngs(cfg.seed))
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
-    tx = optimizers.build(optimizer_name, oc, cfg.steps, cfg.model.tied, cfg.grad_accum_steps)
+    mesh = parallel.parse_mesh(cfg.mesh) if cfg.mesh else None
+    tx = optimizers.build(
+        optimizer_name, oc, cfg.steps, cfg.model.tied, cfg.grad_accum_steps, mesh=mesh
+    )
     if optimizer_name in ("scion", "unconstrained_scion"):
         rules = optimizers.scion_rules(oc, cfg.model.tied)
         log(lmo_optax.rules_table(params, rules))
         if oc.init == "ball":
             params = lmo_optax.init_on_ball(jax.random.key(cfg.seed), params, rules)
 
-    if cfg.mesh:
-        mesh = parallel.parse_mesh(cfg.mesh)
+    if mesh is not None:
         params, opt_state, batch_sharding, step_jit = _lay_out_on_mesh(params, tx, mesh)
         log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
         whole = parallel.kept_whole(params, mesh)
