@@ -24,6 +24,8 @@ from typing import Any
 
 import _common
 
+from lmo_optax.example.hlo import collective_stats
+
 MESH = "data=4,model=2"
 LAYOUTS = {"1 × 8": (1, 8), "2 × 4": (2, 4)}  # processes × devices per process
 OPTIMIZERS = ("scion", "adamw")
@@ -59,7 +61,7 @@ def worker(steps: int, overrides: list[str]) -> None:
             run.params, run.opt_state, loss = step(run.params, run.opt_state, x, y)
             float(loss)  # waits for the step
             times.append(time.perf_counter() - t0)
-        collectives = _common.collective_stats(step.as_text())
+        collectives = collective_stats(step.as_text())
         rows[name] = {
             "step_s": statistics.median(times[1:]),
             "compile_s": compile_s,

@@ -47,6 +47,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lmo_optax
+from lmo_optax.example.hlo import collective_stats
 from lmo_optax.rules import path_to_str
 
 QUICK = {"vocab": 8192, "width": 768, "layers": 2, "context": 1024}
@@ -98,7 +99,7 @@ def measure(
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    stats = _common.collective_stats(compiled.as_text())
+    stats = collective_stats(compiled.as_text())
     updates = jax.block_until_ready(compiled(grads, state, params)[0])
     times = _common.time_calls(lambda: compiled(grads, state, params)[0], repeats)
     row = {

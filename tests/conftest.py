@@ -5,7 +5,14 @@ touches JAX. Computations that are not sharded still run on one device.
 """
 
 import contextlib
+import importlib.util
 import os
+
+# With libtpu installed (the tpu-aot extra) the tests still run on CPUs: libtpu is only the
+# compiler of tests/test_tpu_compile.py, and several processes may load it at once.
+if importlib.util.find_spec("libtpu") is not None:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):

@@ -7,9 +7,9 @@ backward and optimizer update, parameters and optimizer state donated — is com
 named slice from abstract inputs (``jax.ShapeDtypeStruct`` with shardings: nothing is
 allocated), laid out as a ``--mesh`` run of the example lays it out (FSDP over ``data``,
 Megatron-style over ``model``; ``lmo_optax.example.parallel``). From the compiled program, per
-device (a chip; on v2-v4, one of its two TensorCores): the FLOPs of the step and of the optimizer update alone, the bytes it needs against the
-chip's HBM, and its collectives. So whether a run fits, and how its work splits, is known before
-a pod is rented.
+device (a chip; on v2-v4, one of its two TensorCores): the FLOPs of the step and of the
+optimizer update alone, the bytes it needs against the chip's HBM, and its collectives. So
+whether a run fits, and how its work splits, is known before a pod is rented.
 """
 
 from __future__ import annotations

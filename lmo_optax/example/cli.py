@@ -94,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
             help="auto: let JAX find the cluster (TPU pods, SLURM, ...)",
         )
     _add_config_arguments(sub.add_parser("rules"))
+    co = sub.add_parser(
+        "compile",
+        help="compile the train step for a TPU slice without a TPU: FLOPs, memory, collectives",
+    )
+    _add_config_arguments(co)
+    co.add_argument("--topology", required=True, help="a TPU slice, e.g. v5e:4x4 or v5p:2x2x4")
+    co.add_argument("--mesh", required=True, help="over every chip, e.g. data=8,model=2")
+    co.add_argument("--json", default=None, metavar="PATH", help="also write the figures here")
     sub.add_parser("configs", help="list the packaged configs")
     pr = sub.add_parser("prepare", help="turn local text files into token shards")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="text files")
@@ -362,6 +370,26 @@ def prepare_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def compile_main(args: argparse.Namespace) -> int:
+    """``compile``: the train step of each optimizer named, compiled for a TPU slice."""
+    cfg = build_config(args)
+    names = configured_names(args, cfg, "scion")
+    from lmo_optax.example import aot
+
+    devices = aot.topology_devices(args.topology)
+    mesh = aot.mesh_on(devices, args.mesh)
+    hbm = aot.hbm_per_device(args.topology, devices)
+    runs = [aot.compile_step(cfg, name, mesh, hbm) for name in names]
+    records = aot.report(args.topology, devices, args.mesh, args.config, runs)
+    print(aot.summary(records))
+    if args.json:
+        path = pathlib.Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records[0] if len(records) == 1 else records, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
 def launch_main(args: argparse.Namespace) -> int:
     """``launch``: the command in ``-n`` local processes (``lmo_optax.example.launch``)."""
     from lmo_optax.example import launch
@@ -396,6 +424,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prepare": prepare_main,
     "digits": digits_main,
     "launch": launch_main,
+    "compile": compile_main,
 }
 
 
