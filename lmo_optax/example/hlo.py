@@ -19,6 +19,8 @@ def collective_stats(hlo: str) -> dict[str, dict[str, int]]:
     stats: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"count": 0, "bytes": 0})
     for line in hlo.splitlines():
         for op in COLLECTIVES:
+            if f" {op}(" not in line and f" {op}-start(" not in line:
+                continue  # most lines: no regular expression search
             match = re.search(rf"=\s*(.*?)\s{op}(-start)?\(", line)
             if match:
                 shapes = re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", match.group(1))
