@@ -68,3 +68,10 @@ def test_the_cli_reports_an_incomplete_cluster_in_one_line(tmp_path):
         "lmo-optax: error: a multi-process run needs all of --coordinator, --num-processes and "
         "--process-id; got ('h:1', None, None)"
     )
+
+
+@pytest.mark.parametrize("value", ["0", "four"])
+def test_a_bad_simulated_device_count_is_an_error(monkeypatch, value):
+    monkeypatch.setenv(cluster.CPU_DEVICES_VARIABLE, value)
+    with pytest.raises(ConfigError, match="LMO_OPTAX_CPU_DEVICES must be"):
+        cluster.join(None)

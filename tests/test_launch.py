@@ -69,8 +69,17 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(monkeyp
     assert time.monotonic() - t0 < 15
 
 
-def test_ctrl_c_stops_every_process():
-    """SIGINT to the launcher alone (as from a terminal's Ctrl-C): status 130, no survivors."""
+@pytest.mark.parametrize(
+    "signum, said",
+    [
+        (signal.SIGINT, "interrupted"),
+        (signal.SIGTERM, "got SIGTERM"),
+        (signal.SIGHUP, "got SIGHUP"),
+    ],
+)
+def test_ctrl_c_or_a_scheduler_s_sigterm_stops_every_process(signum, said):
+    """A signal to the launcher alone (Ctrl-C, or a scheduler's SIGTERM): 128 + N, no
+    survivors."""
     children = "print(os.getpid(), flush=True)\ntime.sleep(120)\n"
     driver = textwrap.dedent(
         f"""
@@ -83,14 +92,14 @@ def test_ctrl_c_stops_every_process():
         [sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
     )
     pids = [int(launcher.stdout.readline().split()[1]) for _ in range(2)]
-    launcher.send_signal(signal.SIGINT)
+    launcher.send_signal(signum)
     try:
         rest, _ = launcher.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         launcher.kill()
         pytest.fail(f"the launcher did not end within {TIMEOUT_S} s of Ctrl-C")
-    assert launcher.returncode == 130
-    assert "interrupted; stopping every process" in rest
+    assert launcher.returncode == 128 + signum
+    assert f"{said}; stopping every process" in rest
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # gone (reaped by the launcher)
@@ -111,7 +120,9 @@ def test_bad_launch_settings_are_errors(count, devices, command, message):
 
 def test_the_cli_launches_and_reports_bad_settings():
     run = [sys.executable, "-m", "lmo_optax.example.cli", "launch"]
-    done = subprocess.run([*run, "-n", "0", "--", "configs"], capture_output=True, text=True)
+    done = subprocess.run(
+        [*run, "-n", "0", "--", "configs"], capture_output=True, text=True, timeout=TIMEOUT_S
+    )
     assert done.returncode == 2
     assert done.stderr.strip() == "lmo-optax: error: launch: -n must be at least 1, got 0"
     done = subprocess.run(

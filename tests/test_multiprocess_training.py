@@ -169,3 +169,22 @@ def test_a_mesh_over_some_of_the_processes_devices_is_an_error(tmp_path):
     assert done.returncode == 2, done.stdout[-3000:]
     message = "--mesh data=4 uses 4 of the 8 devices of 2 processes; a multi-process run needs"
     assert f"[0] lmo-optax: error: {message}" in done.stdout
+
+
+def test_a_checkpoint_of_other_shapes_stops_every_process_with_the_error(runs):
+    """Every process checks the checkpoint before the first barrier: all stop, none waits."""
+    folder, _ = runs
+    other = [a if a != "model.width=32" else "model.width=64" for a in TRAIN]
+    command = [sys.executable, "-m", "lmo_optax.example.cli", "launch", "-n", "2"]
+    command += ["--devices-per-process", "4", "--", *other, "--out", "two", "--resume"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    t0 = time.monotonic()
+    done = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 2, done.stdout[-3000:]
+    for i in range(2):
+        assert f"[{i}] lmo-optax: error: --resume: two/checkpoints/step_6 was saved with" in (
+            done.stdout
+        )
+    assert time.monotonic() - t0 < 120  # nobody waited on a barrier for the others

@@ -101,7 +101,10 @@ def join(cluster: Cluster | None, auto: bool = False) -> None:
     import jax
 
     if devices := os.environ.get(CPU_DEVICES_VARIABLE):
-        jax.config.update("jax_num_cpu_devices", int(devices))
+        count = _integer(devices, CPU_DEVICES_VARIABLE)
+        if count is None or count < 1:
+            raise ConfigError(f"{CPU_DEVICES_VARIABLE} must be at least 1, got {devices!r}")
+        jax.config.update("jax_num_cpu_devices", count)
     if cluster is None and not auto:
         return
     if _cpu_only():

@@ -5,7 +5,8 @@ each gets ``JAX_COORDINATOR_ADDRESS`` (127.0.0.1 and a port the OS just handed o
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` and, on a CPU, ``LMO_OPTAX_CPU_DEVICES`` (K simulated
 devices). Each line a process prints comes out prefixed with its index, ``[0] ...``. When one
 process exits non-zero the others are stopped (SIGTERM, then SIGKILL after ``GRACE_S``) and the
-launcher exits with that process's status; Ctrl-C stops them all (status 130).
+launcher exits with that process's status; Ctrl-C, SIGTERM or SIGHUP to the launcher stops
+them all (status 128 + the signal's number: 130 for Ctrl-C).
 
 This is how a TPU pod slice or a multi-node GPU job runs the same program on every host, on one
 machine: the processes talk through JAX's distributed runtime and, on CPUs, gloo collectives.
@@ -70,14 +71,42 @@ def exit_status(returncode: int) -> int:
 
 
 def _forward(index: int, source: TextIO, sink: TextIO, lock: threading.Lock) -> None:
+    """Copies a process's lines to ``sink``, prefixed; keeps reading (so that the process never
+    blocks on a full pipe) even once ``sink`` fails, e.g. a closed pipe."""
     for line in source:
-        with lock:
-            sink.write(f"[{index}] {line}" if line.endswith("\n") else f"[{index}] {line}\n")
-            sink.flush()
+        try:
+            with lock:
+                sink.write(f"[{index}] {line}" if line.endswith("\n") else f"[{index}] {line}\n")
+                sink.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _Stopped(Exception):
+    """The launcher got SIGTERM or SIGHUP (a scheduler, ``timeout``, a closed terminal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
 
 
 def _stop(procs: Sequence[subprocess.Popen]) -> None:
-    """SIGTERM to every process still running, SIGKILL to those alive ``GRACE_S`` later."""
+    """SIGTERM to every process still running, SIGKILL to those alive ``GRACE_S`` later (a
+    second Ctrl-C meanwhile does not interrupt this)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        _terminate(procs)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _terminate(procs: Sequence[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -105,7 +134,8 @@ def launch(
     lmo_optax.example.cli``, that is ``lmo-optax``, unless given).
 
     Returns 0 when every process exits 0; otherwise the status of the first that did not (128 +
-    N for one killed by signal N; the others are stopped), or 130 after Ctrl-C.
+    N for one killed by signal N; the others are stopped), or 128 + N after signal N to the
+    launcher (Ctrl-C: 130; SIGTERM: 143).
 
     Raises:
       ConfigError: ``count`` < 1, ``devices_per_process`` < 1, or no command.
@@ -122,21 +152,26 @@ def launch(
     port, lock = free_port(), threading.Lock()
     program = [sys.executable, "-m", "lmo_optax.example.cli"] if program is None else program
     argv = [*program, *command]
-    procs, threads = [], []
-    for i in range(count):
-        p = subprocess.Popen(
-            argv,
-            env=process_environment(i, count, port, devices_per_process),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        t = threading.Thread(target=_forward, args=(i, p.stdout, stream, lock), daemon=True)
-        t.start()
-        procs.append(p)
-        threads.append(t)
+    procs: list[subprocess.Popen] = []
+    threads = []
+    main = threading.current_thread() is threading.main_thread()
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in handled} if main else {}
     status = 0
     try:
+        for i in range(count):
+            p = subprocess.Popen(
+                argv,
+                env=process_environment(i, count, port, devices_per_process),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                encoding="utf-8",
+                errors="replace",  # a forwarding thread must never die on odd bytes
+            )
+            procs.append(p)
+            t = threading.Thread(target=_forward, args=(i, p.stdout, stream, lock), daemon=True)
+            t.start()
+            threads.append(t)
         while True:
             ended = [(i, p.poll()) for i, p in enumerate(procs)]  # polls every process
             failed = [(i, code) for i, code in ended if code]
@@ -155,12 +190,17 @@ def launch(
             if all(code == 0 for _, code in ended):
                 break
             time.sleep(poll_s)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped) as e:
+        signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
         with lock:
-            stream.write("lmo-optax launch: interrupted; stopping every process\n")
+            how = "interrupted" if signum == signal.SIGINT else f"got {signal.Signals(signum).name}"
+            stream.write(f"lmo-optax launch: {how}; stopping every process\n")
             stream.flush()
         _stop(procs)
-        status = 130
+        status = 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for t in threads:
         t.join(timeout=GRACE_S)
     return status

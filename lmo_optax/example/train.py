@@ -225,6 +225,9 @@ def train(
     data = load_data(cfg) if data is None else data
     run = build(cfg, optimizer_name, data, log)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    if point is not None and point.step is not None:  # in every process: all fail, or none
+        step_dir = point.directory / f"step_{point.step}"
+        checkpoints.check_compatible(step_dir, point.step, run.state, cfg.steps)
     cluster.barrier("output folder checked")  # by every process, before any writes to it
     if cluster.is_primary():  # one process of a multi-process run writes the run's files
         checkpoints.prepare_out_dir(out, overwrite=overwrite, log=log)
@@ -430,7 +433,7 @@ def loop(
     """
     cfg = run.cfg
     progress = Progress(cfg.steps, run.optimizer, every=cfg.log_every)
-    # Process 0 alone keeps metrics.jsonl; the others may not even see its file system.
+    # Process 0 alone keeps metrics.jsonl (the others may not see its latest writes yet).
     stats = LoopStats.of(read_metrics(metrics_path) if cluster.is_primary() else [])
     tokens_per_step = cfg.batch_size * cfg.model.context
     t_start = time.perf_counter()
