@@ -115,18 +115,15 @@ def mesh_on(devices: list[Any], text: str) -> Any:
     Raises:
       ConfigError: the mesh's size is not the number of devices.
     """
-    import jax
-    from jax.sharding import AxisType
+    from lmo_optax.example import parallel
 
-    axes = mesh_axes(text)
-    size = int(np.prod(list(axes.values()))) if axes else 0
+    size = int(np.prod(list(mesh_axes(text).values()) or [0]))
     if size != len(devices):
         raise ConfigError(
             f"--mesh {text!r} has {size} devices but the slice has {len(devices)}; the mesh's "
             "sizes must multiply to the slice's devices"
         )
-    grid = np.asarray(devices).reshape(tuple(axes.values()))
-    return jax.sharding.Mesh(grid, tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
+    return parallel.parse_mesh(text, devices)
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:

@@ -245,10 +245,18 @@ def find_resume_point(directory: pathlib.Path) -> ResumePoint:
     return ResumePoint(directory, None, [])
 
 
-def accept_resume_point(point: ResumePoint, state: Any, steps: int, rejected: pathlib.Path) -> None:
+def accept_resume_point(
+    point: ResumePoint,
+    state: Any,
+    steps: int,
+    rejected: pathlib.Path,
+    move_damaged: bool = True,
+) -> None:
     """Checks the checkpoint against the run and moves the damaged ones into ``rejected``.
 
-    ``state`` is the run's (params, optimizer state) pytree, ``steps`` its ``cfg.steps``.
+    ``state`` is the run's (params, optimizer state) pytree, ``steps`` its ``cfg.steps``. In a
+    multi-process run every process checks (so that all stop together on an error) and only
+    one moves (``move_damaged``).
 
     Each damaged checkpoint, and a resume without any checkpoint, is reported by ``warn``;
     moving the damaged ones away lets the run save those steps again.
@@ -261,7 +269,7 @@ def accept_resume_point(point: ResumePoint, state: Any, steps: int, rejected: pa
         warn(f"--resume: no checkpoint in {point.directory}; starting at step 0")
         return
     check_compatible(point.directory / f"step_{point.step}", point.step, state, steps)
-    for step, problem in point.damaged:
+    for step, problem in point.damaged if move_damaged else ():
         path = point.directory / f"step_{step}"
         aside = _set_aside(path, rejected)
         warn(f"checkpoint {path} {problem}; moved to {aside}, resuming from step_{point.step}")

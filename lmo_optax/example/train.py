@@ -225,15 +225,13 @@ def train(
     data = load_data(cfg) if data is None else data
     run = build(cfg, optimizer_name, data, log)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    if point is not None and point.step is not None:  # in every process: all fail, or none
-        step_dir = point.directory / f"step_{point.step}"
-        checkpoints.check_compatible(step_dir, point.step, run.state, cfg.steps)
+    if point is not None:  # every process checks it, so that all stop together on an error
+        rejected = out / checkpoints.REJECTED
+        primary = cluster.is_primary()
+        checkpoints.accept_resume_point(point, run.state, cfg.steps, rejected, primary)
     cluster.barrier("output folder checked")  # by every process, before any writes to it
     if cluster.is_primary():  # one process of a multi-process run writes the run's files
         checkpoints.prepare_out_dir(out, overwrite=overwrite, log=log)
-        if point is not None:
-            rejected = out / checkpoints.REJECTED
-            checkpoints.accept_resume_point(point, run.state, cfg.steps, rejected)
     cluster.barrier("output folder prepared")
     with checkpoints.Checkpoints(out / "checkpoints", cfg.keep_checkpoints) as saved:
         if point is not None and point.step is not None:
