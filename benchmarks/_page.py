@@ -463,6 +463,44 @@ def multihost_step(r: Report) -> list[str]:
     ]
 
 
+def tpu_strategies(r: Report) -> list[str]:
+    """Per-chip FLOPs of each Newton–Schulz strategy on TPU slices, from deviceless compiles."""
+    lines = [
+        "`benchmarks/tpu_strategies.py`: Scion's update of GPT-2 (FSDP: matrices sharded along "
+        "d_in over all chips) compiled by the TPU compiler for TPU v5e slices that are not there "
+        "(`jax.experimental.topologies`, libtpu from the `tpu-aot` extra), once per "
+        "`ns_sharding`. Per chip: FLOPs from the compiled program's cost analysis, and their "
+        "ratio to the ideal (replicate's FLOPs over the number of chips).",
+        "",
+    ]
+    if not r["measured"]:
+        return [*lines, f"Not measured: {r['reason']}."]
+    header = ["model on slice", "chips", *STRATEGY_COLUMNS, "groups: count (per chip) → auto"]
+    rows = []
+    for label, entry in r["results"].items():
+        measured = [entry["rows"][s] for s in STRATEGY_COLUMNS]
+        cells = [f"{m['flops_per_chip'] / 1e9:.2f} ({m['over_ideal']:.2f}×)" for m in measured]
+        groups = "; ".join(
+            f"{g['shape'][0]}×{g['shape'][1]}: {g['count']} ({g['per_chip']:.2f}) → {g['auto']}"
+            for g in entry["groups"]
+        )
+        rows.append([label, str(entry["chips"]), *cells, groups])
+    met = all(e["distribute_target_met"] for e in r["results"].values())
+    return [
+        *lines,
+        "GFLOP per chip (× the ideal):",
+        "",
+        _common.markdown_table(header, rows),
+        "",
+        f"distribute ≤ {r['target_over_ideal']}× the ideal on every slice: {_verdict(met)}. "
+        "Where a group's count does not divide the chips, distribute pads it with zero matrices "
+        "(a chip with a zero matrix computes it all the same).",
+    ]
+
+
+STRATEGY_COLUMNS = ("replicate", "distribute", "sharded", "auto")
+
+
 def strategies_table(rows: list[Report]) -> str:
     """One row per strategy (or its error)."""
     cells = [
@@ -512,6 +550,9 @@ SECTIONS = {
         ("stdlib_corpus",), stdlib_corpus, ("validation curves", "stdlib_corpus")
     ),
     "10. One mesh in one process or in two": Section(("multihost_step",), multihost_step),
+    "11. Newton–Schulz strategies on TPU slices (compiled without a TPU)": Section(
+        ("tpu_strategies",), tpu_strategies
+    ),
 }
 REPORTS = tuple(dict.fromkeys(n for section in SECTIONS.values() for n in section.reports))
 PLOTS = tuple(section.plot[1] for section in SECTIONS.values() if section.plot)

@@ -1,0 +1,181 @@
+"""The Newton–Schulz strategies on TPU slices, compiled by the real TPU compiler without a TPU.
+
+Scion's update of GPT-2 small and medium (``_gpt2``; FSDP: every matrix sharded along d_in over
+all chips, Auto axes) is compiled deviceless (``jax.experimental.topologies``, libtpu from
+``pip install "lmo-optax[tpu-aot]"``) for TPU v5e slices of 16 and 256 chips, once per
+``ns_sharding``. Per chip: the update's FLOPs (XLA's cost analysis of the compiled program), their
+ratio to the ideal (replicate's FLOPs over the number of chips: every matrix's Newton–Schulz
+work split evenly), the collectives, and the strategy ``"auto"`` picks for each group of
+same-shaped matrices with the matrices' count over the chips (a count that does not divide
+leaves chips idle or, for ``distribute``, pads the group with zero matrices).
+
+    .venv/bin/python benchmarks/tpu_strategies.py           # GPT-2 small and medium, 16, 256 chips
+    .venv/bin/python benchmarks/tpu_strategies.py --quick   # two layers of GPT-2 small, v5e:2x4
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import _common
+import _gpt2
+
+from lmo_optax.example.hlo import collective_stats
+
+FULL = {
+    "models": {"124m": _gpt2.SHAPES["124m"], "350m": _gpt2.SHAPES["350m"]},
+    "topologies": ("v5e:4x4", "v5e:16x16"),
+}
+QUICK = {"models": {"124m-2l": {**_gpt2.SHAPES["124m"], "layers": 2}}, "topologies": ("v5e:2x4",)}
+STRATEGIES = ("replicate", "distribute", "sharded", "auto")
+TARGET = 1.15  # distribute's per-chip FLOPs over the ideal
+
+
+def abstract_params(shape: dict[str, int], mesh: Any) -> Any:
+    """GPT-2's parameters as ShapeDtypeStructs, matrices FSDP-sharded along d_in."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    size = math.prod(mesh.shape.values())
+
+    def sds(shape: tuple[int, ...]) -> Any:
+        spec = P("data", None) if len(shape) == 2 and shape[0] % size == 0 else P()
+        return jax.ShapeDtypeStruct(shape, np.float32, sharding=NamedSharding(mesh, spec))
+
+    tree = _gpt2.shapes(**shape)
+    return jax.tree.map(sds, tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def state_like(state: Any, params: Any, mesh: Any) -> Any:
+    """``eval_shape``'s state with shardings: a parameter's where the shapes agree."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    by_shape = {x.shape: x.sharding for x in jax.tree.leaves(params)}
+
+    def sds(x: Any) -> Any:
+        sharding = by_shape.get(x.shape, NamedSharding(mesh, P()))
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(sds, state)
+
+
+def auto_choices(params: Any, mesh: Any) -> list[dict[str, Any]]:
+    """Per group of same-shaped Spectral matrices: count, shape and ``"auto"``'s strategy."""
+    import jax
+    import jax.numpy as jnp
+
+    import lmo_optax
+    from lmo_optax import layouts, strategies
+
+    where = layouts.placement([], mesh=mesh)
+    groups: dict[tuple[int, int], int] = {}
+    for assignment, x in zip(
+        jax.tree.leaves(
+            lmo_optax.rules.assign(params, _gpt2.scion_rules()), is_leaf=_is_assignment
+        ),
+        jax.tree.leaves(params),
+        strict=True,
+    ):
+        if isinstance(assignment.norm, lmo_optax.Spectral):
+            rows, cols = sorted(x.shape[-2:])
+            groups[(rows, cols)] = groups.get((rows, cols), 0) + math.prod(x.shape[:-2])
+    out = []
+    for (rows, cols), count in sorted(groups.items()):
+        group = strategies.Group(count, rows, cols, _gpt2.NS_STEPS, jnp.dtype("float32"))
+        out.append(
+            {
+                "shape": [rows, cols],
+                "count": count,
+                "per_chip": count / where.size,
+                "auto": strategies.choose_strategy(group, where),
+            }
+        )
+    return out
+
+
+def _is_assignment(x: Any) -> bool:
+    return hasattr(x, "norm") and hasattr(x, "radius")
+
+
+def measure(model: dict[str, int], topology: str) -> dict[str, Any]:
+    """Per strategy: per-chip FLOPs and collectives of the compiled update."""
+    import jax
+
+    import lmo_optax
+    from lmo_optax.example import aot
+
+    devices = aot.topology_devices(topology)
+    mesh = aot.mesh_on(devices, f"data={len(devices)}")
+    params = abstract_params(model, mesh)
+    rows = {}
+    for strategy in STRATEGIES:
+        tx = lmo_optax.scion(
+            _gpt2.SCION_LR,
+            _gpt2.scion_rules(),
+            ns_steps=_gpt2.NS_STEPS,
+            ns_sharding=strategy,
+            ns_mesh=mesh,
+        )
+        state = state_like(jax.eval_shape(lambda tx=tx: tx.init(params)), params, mesh)
+        t0 = time.perf_counter()
+        compiled = jax.jit(tx.update).lower(params, state, params).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        rows[strategy] = {
+            "flops_per_chip": float(cost["flops"]),
+            "collectives": collective_stats(compiled.as_text()),
+            "compile_s": time.perf_counter() - t0,
+        }
+        print(
+            f"  {topology} {strategy:10s} {rows[strategy]['flops_per_chip'] / 1e9:9.2f} GFLOP/chip "
+            f"(compiled in {rows[strategy]['compile_s']:.0f} s)",
+            flush=True,
+        )
+    ideal = rows["replicate"]["flops_per_chip"] / len(devices)
+    for row in rows.values():
+        row["over_ideal"] = row["flops_per_chip"] / ideal
+    return {
+        "chips": len(devices),
+        "ideal_flops_per_chip": ideal,
+        "rows": rows,
+        "groups": auto_choices(params, mesh),
+        "distribute_target_met": rows["distribute"]["over_ideal"] <= TARGET,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _common.parser(__doc__, quick_help="two layers of GPT-2 small on v5e:2x4")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if importlib.util.find_spec("libtpu") is None:
+        _common.write_report(
+            args, "tpu_strategies", {"measured": False, "reason": "libtpu is not installed"}
+        )
+        print('not measured: libtpu is not installed (pip install "lmo-optax[tpu-aot]")')
+        return 0
+    sizes = QUICK if args.quick else FULL
+    results = {}
+    for name, model in sizes["models"].items():
+        for topology in sizes["topologies"]:
+            print(f"{name} on {topology}", flush=True)
+            results[f"{name} on {topology}"] = {
+                "model": name,
+                "topology": topology,
+                **measure(model, topology),
+            }
+    report = {"measured": True, "target_over_ideal": TARGET, "results": results}
+    _common.write_report(args, "tpu_strategies", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
