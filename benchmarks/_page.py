@@ -475,13 +475,19 @@ def tpu_strategies(r: Report) -> list[str]:
     ]
     if not r["measured"]:
         return [*lines, f"Not measured: {r['reason']}."]
-    header = ["model on slice", "chips", *STRATEGY_COLUMNS, "groups: count (per chip) → auto"]
+    header = [
+        "model on slice",
+        "chips",
+        *STRATEGY_COLUMNS,
+        "groups: count (per chip) → chips per matrix in distribute; auto",
+    ]
     rows = []
     for label, entry in r["results"].items():
         measured = [entry["rows"][s] for s in STRATEGY_COLUMNS]
         cells = [f"{m['flops_per_chip'] / 1e9:.2f} ({m['over_ideal']:.2f}×)" for m in measured]
         groups = "; ".join(
-            f"{g['shape'][0]}×{g['shape'][1]}: {g['count']} ({g['per_chip']:.2f}) → {g['auto']}"
+            f"{g['shape'][0]}×{g['shape'][1]}: {g['count']} ({g['per_chip']:.2f}) → "
+            f"{g['distribute_split']}; {g['auto']}"
             for g in entry["groups"]
         )
         rows.append([label, str(entry["chips"]), *cells, groups])
@@ -493,12 +499,16 @@ def tpu_strategies(r: Report) -> list[str]:
         _common.markdown_table(header, rows),
         "",
         f"distribute ≤ {r['target_over_ideal']}× the ideal on every slice: {_verdict(met)}. "
-        "Where a group's count does not divide the chips, distribute pads it with zero matrices "
-        "(a chip with a zero matrix computes it all the same).",
+        "*whole matrices* deals one whole matrix per chip and pads each group with zero "
+        "matrices to a multiple of the chips (a chip with a zero matrix computes it all the "
+        "same, and a group with fewer matrices than chips leaves chips idle); that waste is "
+        "its excess over the ideal. distribute instead deals each group to groups of chips "
+        "that share a matrix (its products with X split along the long axis, its m×m "
+        "products along rows), the smallest groups within 5% of the fewest FLOPs.",
     ]
 
 
-STRATEGY_COLUMNS = ("replicate", "distribute", "sharded", "auto")
+STRATEGY_COLUMNS = ("replicate", "whole matrices", "distribute", "sharded", "auto")
 
 
 def strategies_table(rows: list[Report]) -> str:

@@ -6,8 +6,11 @@ all chips, Auto axes) is compiled deviceless (``jax.experimental.topologies``, l
 ``ns_sharding``. Per chip: the update's FLOPs (XLA's cost analysis of the compiled program), their
 ratio to the ideal (replicate's FLOPs over the number of chips: every matrix's Newton–Schulz
 work split evenly), the collectives, and the strategy ``"auto"`` picks for each group of
-same-shaped matrices with the matrices' count over the chips (a count that does not divide
-leaves chips idle or, for ``distribute``, pads the group with zero matrices).
+same-shaped matrices with the matrices' count over the chips. ``distribute`` deals a group's
+matrices to groups of chips (``lmo_optax.strategies.distribute_plan``); the row
+``whole matrices`` deals them one whole matrix per chip, padding the group with zero matrices
+to a multiple of the chips, as ``distribute`` did before it had device groups (measured by
+turning device groups off), to show the waste the groups remove.
 
     .venv/bin/python benchmarks/tpu_strategies.py           # GPT-2 small and medium, 16, 256 chips
     .venv/bin/python benchmarks/tpu_strategies.py --quick   # two layers of GPT-2 small, v5e:2x4
@@ -15,11 +18,13 @@ leaves chips idle or, for ``distribute``, pads the group with zero matrices).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import _common
@@ -32,7 +37,7 @@ FULL = {
     "topologies": ("v5e:4x4", "v5e:16x16"),
 }
 QUICK = {"models": {"124m-2l": {**_gpt2.SHAPES["124m"], "layers": 2}}, "topologies": ("v5e:2x4",)}
-STRATEGIES = ("replicate", "distribute", "sharded", "auto")
+STRATEGIES = ("replicate", "whole matrices", "distribute", "sharded", "auto")
 TARGET = 1.15  # distribute's per-chip FLOPs over the ideal
 
 
@@ -78,6 +83,7 @@ def auto_choices(params: Any, mesh: Any) -> list[dict[str, Any]]:
 
     where = layouts.placement([], mesh=mesh)
     groups: dict[tuple[int, int], int] = {}
+    f32 = jnp.dtype("float32")
     for assignment, x in zip(
         jax.tree.leaves(
             lmo_optax.rules.assign(params, _gpt2.scion_rules()), is_leaf=_is_assignment
@@ -90,12 +96,15 @@ def auto_choices(params: Any, mesh: Any) -> list[dict[str, Any]]:
             groups[(rows, cols)] = groups.get((rows, cols), 0) + math.prod(x.shape[:-2])
     out = []
     for (rows, cols), count in sorted(groups.items()):
-        group = strategies.Group(count, rows, cols, _gpt2.NS_STEPS, jnp.dtype("float32"))
+        group = strategies.Group(count, rows, cols, _gpt2.NS_STEPS, f32)
+        split, _ = strategies.distribute_plan(group, where)
         out.append(
             {
                 "shape": [rows, cols],
                 "count": count,
                 "per_chip": count / where.size,
+                "whole_matrix_waste": math.ceil(count / where.size) * where.size / count - 1,
+                "distribute_split": split,
                 "auto": strategies.choose_strategy(group, where),
             }
         )
@@ -104,6 +113,22 @@ def auto_choices(params: Any, mesh: Any) -> list[dict[str, Any]]:
 
 def _is_assignment(x: Any) -> bool:
     return hasattr(x, "norm") and hasattr(x, "radius")
+
+
+@contextlib.contextmanager
+def whole_matrices_only(active: bool) -> Iterator[None]:
+    """``distribute`` without device groups: one whole matrix per chip, stacks padded."""
+    from lmo_optax import layouts
+
+    if not active:
+        yield
+        return
+    original = layouts.Placement.can_regroup
+    layouts.Placement.can_regroup = lambda self: False  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        layouts.Placement.can_regroup = original  # type: ignore[method-assign]
 
 
 def measure(model: dict[str, int], topology: str) -> dict[str, Any]:
@@ -122,12 +147,13 @@ def measure(model: dict[str, int], topology: str) -> dict[str, Any]:
             _gpt2.SCION_LR,
             _gpt2.scion_rules(),
             ns_steps=_gpt2.NS_STEPS,
-            ns_sharding=strategy,
+            ns_sharding="distribute" if strategy == "whole matrices" else strategy,
             ns_mesh=mesh,
         )
         state = state_like(jax.eval_shape(lambda tx=tx: tx.init(params)), params, mesh)
         t0 = time.perf_counter()
-        compiled = jax.jit(tx.update).lower(params, state, params).compile()
+        with whole_matrices_only(strategy == "whole matrices"):
+            compiled = jax.jit(tx.update).lower(params, state, params).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         rows[strategy] = {
@@ -136,7 +162,7 @@ def measure(model: dict[str, int], topology: str) -> dict[str, Any]:
             "compile_s": time.perf_counter() - t0,
         }
         print(
-            f"  {topology} {strategy:10s} {rows[strategy]['flops_per_chip'] / 1e9:9.2f} GFLOP/chip "
+            f"  {topology} {strategy:14s} {rows[strategy]['flops_per_chip'] / 1e9:9.2f} GFLOP/chip "
             f"(compiled in {rows[strategy]['compile_s']:.0f} s)",
             flush=True,
         )
