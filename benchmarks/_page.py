@@ -511,6 +511,70 @@ def tpu_strategies(r: Report) -> list[str]:
 STRATEGY_COLUMNS = ("replicate", "whole matrices", "distribute", "sharded", "auto")
 
 
+def tpu_scale(r: Report) -> list[str]:
+    """The largest GPT whose whole train step fits per chip, per slice and optimizer."""
+    lines = [
+        "`benchmarks/tpu_scale.py`: the example's whole train step (forward, backward, update; "
+        "parameters and optimizer state donated) compiled by the TPU compiler for each slice "
+        "without a TPU, and the bytes a chip needs (`memory_analysis`: arguments, outputs and "
+        "temporaries, donated buffers once) compared with its HBM. A bisection over one family "
+        f"of shapes ({r.get('family', '')}; context {r.get('context', '')}, vocabulary "
+        f"{r.get('vocab', '')} untied, bfloat16 activations, float32 parameters, blocks under "
+        "`nnx.scan` and rematerialized, one sequence per `data` shard) finds the largest "
+        "that fits. FSDP over `data`, tensor parallelism over `model`. State per parameter: "
+        "AdamW 8 bytes, Scion 4, Scion with bfloat16 state 2; parameters and gradients 4 each.",
+        "",
+    ]
+    if not r["measured"]:
+        return [*lines, f"Not measured: {r['reason']}."]
+    rows = []
+    for e in r["results"]:
+        best = e["largest"]
+        tried = {t["k"]: t for t in e["tried"]}
+        above = tried.get(best["k"] + 1) if best else None
+        rows.append(
+            [
+                e["slice"],
+                f"{e['chips']} × {e['hbm_bytes_per_chip'] / 2**30:.0f} GiB",
+                e["mesh"],
+                e["optimizer"],
+                f"{best['width']} × {best['depth']}" if best else "none",
+                f"{best['parameters'] / 1e9:.2f} B" if best else "",
+                f"{best['bytes_per_chip'] / 2**30:.2f}" if best else "",
+                (
+                    f"{above['width']} × {above['depth']}: "
+                    + (
+                        f"{above['bytes_per_chip'] / 2**30:.2f} GiB"
+                        if "bytes_per_chip" in above
+                        else above.get("error", "")
+                    )
+                )
+                if above
+                else ("end of range" if e.get("range_end_fits") else ""),
+            ]
+        )
+    header = [
+        "slice",
+        "chips × HBM",
+        "mesh",
+        "optimizer",
+        "largest width × depth",
+        "parameters",
+        "GiB per chip",
+        "next shape: GiB per chip",
+    ]
+    done = {(e["slice"], e["optimizer"]) for e in r["results"]}
+    missing = [name for name, *_ in r.get("slices", []) if not any(d[0] == name for d in done)]
+    tail = []
+    if not r.get("complete", True):
+        tail = [
+            "",
+            "The run was stopped before it searched every slice"
+            + (f"; not measured: {', '.join(missing)}." if missing else "."),
+        ]
+    return [*lines, _common.markdown_table(header, rows), *tail]
+
+
 def strategies_table(rows: list[Report]) -> str:
     """One row per strategy (or its error)."""
     cells = [
@@ -562,6 +626,9 @@ SECTIONS = {
     "10. One mesh in one process or in two": Section(("multihost_step",), multihost_step),
     "11. Newton–Schulz strategies on TPU slices (compiled without a TPU)": Section(
         ("tpu_strategies",), tpu_strategies
+    ),
+    "12. The largest GPT that fits a TPU slice (compiled without a TPU)": Section(
+        ("tpu_scale",), tpu_scale
     ),
 }
 REPORTS = tuple(dict.fromkeys(n for section in SECTIONS.values() for n in section.reports))

@@ -10,11 +10,16 @@ Newton–Schulz settings, each group by one of the strategies of :data:`STRATEGI
     Gather each matrix, orthogonalize it on every device, keep each device's part. The
     baseline: simple, and every device does all the work.
 ``"distribute"``
-    Stack the group's matrices (the layer axis of scanned parameters included), shard the
-    stack over all the devices of the mesh (padding it with zero matrices to a multiple of
-    their number), so that each device orthogonalizes its share of whole matrices; then bring
-    every result back to its parameter's layout. The moves are all-to-alls; no device gathers
-    matrices it does not work on. This is the JAX counterpart of distributed Muon.
+    Stack the group's matrices (the layer axis of scanned parameters included) and deal the
+    stack to the devices, so that each orthogonalizes its share; then bring every result back
+    to its parameter's layout. The moves are all-to-alls; no device gathers matrices it does
+    not work on. This is the JAX counterpart of distributed Muon. Where the count does not
+    divide the devices, dealing whole matrices would leave devices idle (12 matrices on 16
+    devices: a quarter of them), so the devices are taken in groups that share a matrix
+    (:func:`distribute_plan`: 12 on 16 go to 4 groups of 4, three matrices per group, each
+    matrix's products split 4 ways), on a mesh of the same devices regrouped as (groups,
+    split). In ``pmap``/``shard_map`` (``ns_axis_name``) the matrices are dealt whole, the stack
+    padded with zero matrices to a multiple of the devices.
 ``"sharded"``
     For single matrices too large to gather: Newton–Schulz on the matrix sharded along its long
     axis, every product given its output sharding. Products with X stay sharded; the small m×m
@@ -22,9 +27,11 @@ Newton–Schulz settings, each group by one of the strategies of :data:`STRATEGI
     the cheap direction).
 
 ``"auto"`` (the default) picks, for each group, the strategy with the fewest floating-point
-operations per device (ties: the first in the table): ``distribute`` for groups of many
-matrices, ``sharded`` for a few large rectangular ones (e.g. an embedding), ``replicate`` when
-neither divides. On one device, or without a mesh, every strategy is the plain computation.
+operations per device (ties: the first in the table): ``distribute`` wherever its device
+groups divide the matrices' sides (a lone large matrix, e.g. an embedding, then goes to one
+group of all the devices, which splits its m×m products too, where ``sharded`` repeats them),
+``sharded`` for a lone matrix whose short side does not divide, ``replicate`` when nothing
+divides. On one device, or without a mesh, every strategy is the plain computation.
 
 Where the mesh comes from (:func:`lmo_optax.layouts.placement`): the Explicit mesh axes in the
 parameters' types, else a mesh passed in (``scion(..., ns_mesh=mesh)``), else the mesh set with
