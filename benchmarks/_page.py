@@ -518,7 +518,8 @@ def tpu_scale(r: Report) -> list[str]:
         "parameters and optimizer state donated) compiled by the TPU compiler for each slice "
         "without a TPU, and the bytes a chip needs (`memory_analysis`: arguments, outputs and "
         "temporaries, donated buffers once) compared with its HBM. A bisection over one family "
-        f"of shapes ({r.get('family', '')}; context {r.get('context', '')}, vocabulary "
+        f"of shapes ({r.get('family', '')}; then, at the widest, the deepest; context "
+        f"{r.get('context', '')}, vocabulary "
         f"{r.get('vocab', '')} untied, bfloat16 activations, float32 parameters, blocks under "
         "`nnx.scan` and rematerialized, one sequence per `data` shard) finds the largest "
         "that fits. FSDP over `data`, tensor parallelism over `model`. State per parameter: "
@@ -530,8 +531,11 @@ def tpu_scale(r: Report) -> list[str]:
     rows = []
     for e in r["results"]:
         best = e["largest"]
-        tried = {t["k"]: t for t in e["tried"]}
-        above = tried.get(best["k"] + 1) if best else None
+        tried = {(t["k"], t["depth"]): t for t in e["tried"]}
+        above = None
+        if best:  # one layer more, else the next width
+            k = best["k"]
+            above = tried.get((k, best["depth"] + 1)) or tried.get((k + 1, 4 * (k + 1)))
         rows.append(
             [
                 e["slice"],
@@ -550,7 +554,7 @@ def tpu_scale(r: Report) -> list[str]:
                     )
                 )
                 if above
-                else ("end of range" if e.get("range_end_fits") else ""),
+                else ("end of range" if e.get("range_end_fits") or e.get("depth_end_fits") else ""),
             ]
         )
     header = [
@@ -561,7 +565,7 @@ def tpu_scale(r: Report) -> list[str]:
         "largest width × depth",
         "parameters",
         "GiB per chip",
-        "next shape: GiB per chip",
+        "one layer more (or the next width): GiB per chip",
     ]
     done = {(e["slice"], e["optimizer"]) for e in r["results"]}
     missing = [name for name, *_ in r.get("slices", []) if not any(d[0] == name for d in done)]

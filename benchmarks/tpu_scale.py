@@ -7,8 +7,9 @@ the real TPU compiler for the slice without a TPU (``lmo_optax.example.aot``, li
 ``pip install "lmo-optax[tpu-aot]"``), and the bytes it needs per chip
 (``compiled.memory_analysis()``: arguments, outputs and temporaries, donated buffers once) are
 compared with the chip's HBM (the compiler itself refuses a program whose temporaries exceed
-it). A bisection over one family of shapes finds the largest that fits: width 512·k, depth 4k,
-4k heads of 128 (k = 8: width 4096, 32 layers), context 2048, GPT-2's vocabulary (50304,
+it). A bisection over one family of shapes finds the widest that fits: width 512·k, depth 4k,
+4k heads of 128 (k = 8: width 4096, 32 layers); a second, at that width, the deepest (up to
+8k layers). Every shape has context 2048, GPT-2's vocabulary (50304,
 untied), bfloat16 activations and float32 parameters, blocks under ``nnx.scan`` and
 rematerialized (``model.remat``), one sequence per ``data`` shard. Layout: FSDP over ``data``
 and Megatron-style tensor parallelism over ``model`` (``lmo_optax.example.parallel``), 4 ways,
@@ -21,6 +22,7 @@ average of the gradient (4 bytes), Scion with ``state_dtype="bfloat16"`` one bfl
     .venv/bin/python benchmarks/tpu_scale.py            # three slices, Scion and AdamW
     .venv/bin/python benchmarks/tpu_scale.py --quick    # v5e:2x4, a small range of shapes
     .venv/bin/python benchmarks/tpu_scale.py --slices v5e-256  # one slice; keeps the others'
+    .venv/bin/python benchmarks/tpu_scale.py --resume   # reuse the last report's compiles
 
 Each search is written to the report as it finishes (the v5e-256 compiles take minutes each).
 """
@@ -55,20 +57,20 @@ CONTEXT = 2048
 VOCAB = 50304
 
 
-def shape(k: int) -> dict[str, int]:
-    """The k-th shape of the family: width 512·k, depth 4k, heads of 128."""
-    return {"width": 512 * k, "depth": 4 * k, "heads": 4 * k}
+def shape(k: int, depth: int | None = None) -> dict[str, int]:
+    """The k-th width of the family, 512·k with 4k heads of 128, at ``depth`` (default 4k)."""
+    return {"width": 512 * k, "depth": 4 * k if depth is None else depth, "heads": 4 * k}
 
 
-def parameters(k: int) -> int:
-    """Parameters of the k-th shape (embedding, head, blocks; norms have no gains)."""
-    s = shape(k)
+def parameters(k: int, depth: int | None = None) -> int:
+    """Parameters of a shape (embedding, head, blocks; norms have no gains)."""
+    s = shape(k, depth)
     width = s["width"]
     block = 4 * width * width + 2 * 4 * width * width  # attention, MLP (ratio 4)
     return 2 * VOCAB * width + s["depth"] * block
 
 
-def config(k: int, data: int, variant: str = "scion") -> Any:
+def config(k: int, data: int, variant: str = "scion", depth: int | None = None) -> Any:
     from lmo_optax.example import configs
     from lmo_optax.example.config import load_config
     from lmo_optax.example.model import GPTConfig
@@ -80,7 +82,7 @@ def config(k: int, data: int, variant: str = "scion") -> Any:
         scan_layers=True,
         remat=True,
         compute_dtype="bfloat16",
-        **shape(k),
+        **shape(k, depth),
     )
     optimizer, settings = VARIANTS[variant]
     optimizers = dict(base.optimizers)
@@ -88,67 +90,76 @@ def config(k: int, data: int, variant: str = "scion") -> Any:
     return dataclasses.replace(base, model=model, batch_size=data, mesh="", optimizers=optimizers)
 
 
-def fits(
-    k: int, variant: str, topology: str, mesh_text: str, cache: dict[Any, Any]
-) -> dict[str, Any]:
-    """Compiles the k-th shape's step and says whether it fits (memoized)."""
-    key = (k, variant, topology)
-    if key in cache:
-        return cache[key]
-    from lmo_optax.example import aot
-    from lmo_optax.example.config import mesh_axes
+class Search:
+    """Compiles shapes of one slice and variant, each once (``tried`` may hold earlier
+    compiles of the same code, read back from a report)."""
 
-    devices = aot.topology_devices(topology)
-    mesh = aot.mesh_on(devices, mesh_text)
-    hbm = aot.hbm_per_device(topology, devices)
-    cfg = config(k, mesh_axes(mesh_text)["data"], variant)
-    t0 = time.perf_counter()
-    try:
-        run = aot.compile_step(cfg, VARIANTS[variant][0], mesh, hbm, update_alone=False)
-        entry = {
-            "k": k,
-            **shape(k),
-            "parameters": parameters(k),
-            "bytes_per_chip": run.per_device_bytes["total"],
-            "fits": run.fits,
-        }
-    except Exception as e:  # the compiler itself may refuse a program too large for the chip
-        entry = {"k": k, **shape(k), "parameters": parameters(k), "fits": False}
-        entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    entry["compile_s"] = time.perf_counter() - t0
-    size = entry.get("bytes_per_chip")
-    print(
-        f"  {topology} {variant:21s} k={k:2d} (width {entry['width']}, depth {entry['depth']},"
-        f" {entry['parameters'] / 1e9:.2f} B params): "
-        + (f"{size / 2**30:.2f} GiB per chip" if size is not None else entry["error"])
-        + f" of {hbm / 2**30:.0f} → {'fits' if entry['fits'] else 'does not fit'}"
-        f" ({entry['compile_s']:.0f} s)",
-        flush=True,
-    )
-    cache[key] = entry
-    return entry
+    def __init__(self, variant: str, topology: str, mesh_text: str, tried: list[dict]):
+        self.variant, self.topology, self.mesh_text = variant, topology, mesh_text
+        self.tried = {(e["k"], e["depth"]): e for e in tried}
+
+    def fits(self, k: int, depth: int | None = None) -> bool:
+        """Whether the step of width 512·k and ``depth`` (default 4k) fits the chip's HBM."""
+        depth = 4 * k if depth is None else depth
+        if (k, depth) not in self.tried:
+            self.tried[(k, depth)] = self._compile(k, depth)
+        return self.tried[(k, depth)]["fits"]
+
+    def _compile(self, k: int, depth: int) -> dict[str, Any]:
+        from lmo_optax.example import aot
+        from lmo_optax.example.config import mesh_axes
+
+        devices = aot.topology_devices(self.topology)
+        mesh = aot.mesh_on(devices, self.mesh_text)
+        hbm = aot.hbm_per_device(self.topology, devices)
+        cfg = config(k, mesh_axes(self.mesh_text)["data"], self.variant, depth)
+        entry: dict[str, Any] = {"k": k, **shape(k, depth), "parameters": parameters(k, depth)}
+        t0 = time.perf_counter()
+        try:
+            run = aot.compile_step(cfg, VARIANTS[self.variant][0], mesh, hbm, update_alone=False)
+            entry.update(bytes_per_chip=run.per_device_bytes["total"], fits=run.fits)
+        except Exception as e:  # the compiler refuses a program whose temporaries exceed HBM
+            entry.update(fits=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        entry["compile_s"] = time.perf_counter() - t0
+        size = entry.get("bytes_per_chip")
+        print(
+            f"  {self.topology} {self.variant:21s} width {entry['width']:5d} depth "
+            f"{depth:3d} ({entry['parameters'] / 1e9:.2f} B params): "
+            + (f"{size / 2**30:.2f} GiB per chip" if size is not None else entry["error"])
+            + f" of {hbm / 2**30:.0f} → {'fits' if entry['fits'] else 'does not fit'}"
+            f" ({entry['compile_s']:.0f} s)",
+            flush=True,
+        )
+        return entry
 
 
-def largest(
-    variant: str, topology: str, mesh_text: str, k_range: tuple[int, int]
-) -> dict[str, Any]:
-    """Bisection for the largest k in ``k_range`` that fits (bytes grow with k)."""
-    cache: dict[Any, Any] = {}
-    low, high = k_range
-    if not fits(low, variant, topology, mesh_text, cache)["fits"]:
-        return {"largest": None, "tried": sorted(cache.values(), key=lambda e: e["k"])}
-    high += 1  # the first k known not to fit, or past the range
+def bisect(fits: Any, low: int, high: int) -> int:
+    """The largest n in [low, high) with fits(n), given fits(low) and that fits is monotone
+    (high: known not to fit, or past the range)."""
     while high - low > 1:
         middle = (low + high) // 2
-        if fits(middle, variant, topology, mesh_text, cache)["fits"]:
+        if fits(middle):
             low = middle
         else:
             high = middle
-    return {
-        "largest": cache[(low, variant, topology)],
-        "range_end_fits": low == k_range[1],
-        "tried": sorted(cache.values(), key=lambda e: e["k"]),
-    }
+    return low
+
+
+def largest(search: Search, k_range: tuple[int, int]) -> dict[str, Any]:
+    """The largest shape that fits: first the width (depth 4k), then, at that width, the depth
+    (up to twice as deep)."""
+    low, high = k_range
+    result: dict[str, Any] = {"largest": None}
+    if search.fits(low):
+        k = bisect(search.fits, low, high + 1)
+        depth = bisect(lambda d: search.fits(k, d), 4 * k, 8 * k + 1)
+        result = {
+            "largest": search.tried[(k, depth)],
+            "range_end_fits": k == high,
+            "depth_end_fits": depth == 8 * k,
+        }
+    tried = sorted(search.tried.values(), key=lambda e: (e["k"], e["depth"]))
+    return {**result, "tried": tried}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated slice names to search (default: all); the report keeps the "
         "results of the others from its previous run",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the compiles of the previous report's searches (same code) instead of "
+        "compiling those shapes again",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -172,11 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.slices.split(",") if args.slices else names
     if unknown := set(chosen) - set(names):
         parser.error(f"--slices: unknown {sorted(unknown)}; choose from {names}")
-    kept = []
+    kept, earlier = [], {}
     previous = _common.result_path(args.results, "tpu_scale", args.quick)
-    if args.slices and previous.exists():
+    if previous.exists():
         old = json.loads(previous.read_text())
         kept = [e for e in old.get("results", []) if e["slice"] not in chosen]
+        earlier = {(e["slice"], e["optimizer"]): e["tried"] for e in old.get("results", [])}
+    if not args.resume:
+        earlier = {}
     report: dict[str, Any] = {
         "measured": True,
         "context": CONTEXT,
@@ -194,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         devices = aot.topology_devices(topology)
         for variant in VARIANTS:
             print(f"{name} ({topology}, mesh {mesh_text}): {variant}", flush=True)
-            found = largest(variant, topology, mesh_text, sizes["k_range"])
+            search = Search(variant, topology, mesh_text, earlier.get((name, variant), []))
+            found = largest(search, sizes["k_range"])
             report["results"].append(
                 {
                     "slice": name,
