@@ -483,15 +483,25 @@ def tpu_strategies(r: Report) -> list[str]:
     ]
     rows = []
     for label, entry in r["results"].items():
-        measured = [entry["rows"][s] for s in STRATEGY_COLUMNS]
-        cells = [f"{m['flops_per_chip'] / 1e9:.2f} ({m['over_ideal']:.2f}×)" for m in measured]
+        measured = [entry["rows"].get(s) for s in STRATEGY_COLUMNS]
+        cells = [
+            f"{m['flops_per_chip'] / 1e9:.2f} ({m['over_ideal']:.3f}×)"
+            if m and "over_ideal" in m
+            else "not measured"
+            for m in measured
+        ]
         groups = "; ".join(
             f"{g['shape'][0]}×{g['shape'][1]}: {g['count']} ({g['per_chip']:.2f}) → "
             f"{g['distribute_split']}; {g['auto']}"
             for g in entry["groups"]
         )
         rows.append([label, str(entry["chips"]), *cells, groups])
-    met = all(e["distribute_target_met"] for e in r["results"].values())
+    met = all(e.get("distribute_target_met", False) for e in r["results"].values())
+    stopped = (
+        []
+        if r.get("complete", True)
+        else ["", "The run was stopped before every row was compiled (*not measured*)."]
+    )
     return [
         *lines,
         "GFLOP per chip (× the ideal):",
@@ -505,6 +515,7 @@ def tpu_strategies(r: Report) -> list[str]:
         "its excess over the ideal. distribute instead deals each group to groups of chips "
         "that share a matrix (its products with X split along the long axis, its m×m "
         "products along rows), the smallest groups within 5% of the fewest FLOPs.",
+        *stopped,
     ]
 
 

@@ -14,12 +14,17 @@ turning device groups off), to show the waste the groups remove.
 
     .venv/bin/python benchmarks/tpu_strategies.py           # GPT-2 small and medium, 16, 256 chips
     .venv/bin/python benchmarks/tpu_strategies.py --quick   # two layers of GPT-2 small, v5e:2x4
+    .venv/bin/python benchmarks/tpu_strategies.py --resume  # compile only the missing rows
+
+The report is written after every compile (on v5e:16x16 one takes from one to thirty minutes
+on two CPU cores).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -131,8 +136,16 @@ def whole_matrices_only(active: bool) -> Iterator[None]:
         layouts.Placement.can_regroup = original  # type: ignore[method-assign]
 
 
-def measure(model: dict[str, int], topology: str) -> dict[str, Any]:
-    """Per strategy: per-chip FLOPs and collectives of the compiled update."""
+def measure(
+    model: dict[str, int],
+    topology: str,
+    strategies: tuple[str, ...],
+    rows: dict[str, Any],
+    save: Any,
+) -> dict[str, Any]:
+    """Per strategy: per-chip FLOPs and collectives of the compiled update. ``rows`` holds
+    strategies already measured (they are not compiled again); ``save(entry)`` is called after
+    each compile (a v5e:16x16 compile takes up to half an hour)."""
     import jax
 
     import lmo_optax
@@ -141,8 +154,11 @@ def measure(model: dict[str, int], topology: str) -> dict[str, Any]:
     devices = aot.topology_devices(topology)
     mesh = aot.mesh_on(devices, f"data={len(devices)}")
     params = abstract_params(model, mesh)
-    rows = {}
-    for strategy in STRATEGIES:
+    entry: dict[str, Any] = {"chips": len(devices), "rows": rows}
+    entry["groups"] = auto_choices(params, mesh)
+    for strategy in strategies:
+        if strategy in rows:
+            continue
         tx = lmo_optax.scion(
             _gpt2.SCION_LR,
             _gpt2.scion_rules(),
@@ -166,20 +182,33 @@ def measure(model: dict[str, int], topology: str) -> dict[str, Any]:
             f"(compiled in {rows[strategy]['compile_s']:.0f} s)",
             flush=True,
         )
-    ideal = rows["replicate"]["flops_per_chip"] / len(devices)
-    for row in rows.values():
-        row["over_ideal"] = row["flops_per_chip"] / ideal
-    return {
-        "chips": len(devices),
-        "ideal_flops_per_chip": ideal,
-        "rows": rows,
-        "groups": auto_choices(params, mesh),
-        "distribute_target_met": rows["distribute"]["over_ideal"] <= TARGET,
-    }
+        save(summarize(entry))
+    return summarize(entry)
+
+
+def summarize(entry: dict[str, Any]) -> dict[str, Any]:
+    """Each row's ratio to the ideal (once replicate is measured) and the target's verdict."""
+    rows = entry["rows"]
+    if "replicate" in rows:
+        ideal = rows["replicate"]["flops_per_chip"] / entry["chips"]
+        entry["ideal_flops_per_chip"] = ideal
+        for row in rows.values():
+            row["over_ideal"] = row["flops_per_chip"] / ideal
+        if "distribute" in rows:
+            entry["distribute_target_met"] = rows["distribute"]["over_ideal"] <= TARGET
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _common.parser(__doc__, quick_help="two layers of GPT-2 small on v5e:2x4")
+    parser.add_argument(
+        "--strategies", default="", help=f"comma-separated subset of {', '.join(STRATEGIES)}"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the previous report's rows (same code) and compile only what is missing",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if importlib.util.find_spec("libtpu") is None:
@@ -189,16 +218,31 @@ def main(argv: list[str] | None = None) -> int:
         print('not measured: libtpu is not installed (pip install "lmo-optax[tpu-aot]")')
         return 0
     sizes = QUICK if args.quick else FULL
-    results = {}
+    path = _common.result_path(args.results, "tpu_strategies", args.quick)
+    results: dict[str, Any] = {}
+    if args.resume and path.exists():
+        results = json.loads(path.read_text()).get("results", {})
+    report = {"measured": True, "target_over_ideal": TARGET, "results": results}
+    wanted = tuple(args.strategies.split(",")) if args.strategies else STRATEGIES
+    if unknown := set(wanted) - set(STRATEGIES):
+        parser.error(f"--strategies: unknown {sorted(unknown)}; choose from {STRATEGIES}")
     for name, model in sizes["models"].items():
         for topology in sizes["topologies"]:
-            print(f"{name} on {topology}", flush=True)
-            results[f"{name} on {topology}"] = {
-                "model": name,
-                "topology": topology,
-                **measure(model, topology),
-            }
-    report = {"measured": True, "target_over_ideal": TARGET, "results": results}
+            label = f"{name} on {topology}"
+            print(label, flush=True)
+            done = results.get(label, {}).get("rows", {})
+
+            def save(entry: dict[str, Any], label: str = label, name: str = name) -> None:
+                topology = label.rsplit(" on ", 1)[1]
+                results[label] = {"model": name, "topology": topology, **entry}
+                report["complete"] = False
+                _common.write_report(args, "tpu_strategies", report)
+
+            entry = measure(model, topology, wanted, done, save)
+            results[label] = {"model": name, "topology": topology, **entry}
+    report["complete"] = all(
+        set(STRATEGIES) <= set(r.get("rows", {})) for r in results.values()
+    ) and len(results) == len(sizes["models"]) * len(sizes["topologies"])
     _common.write_report(args, "tpu_strategies", report)
     return 0
 
