@@ -562,22 +562,17 @@ def infer_rules(
     """
     if not callable(fn):
         raise TypeError(f"infer_rules: fn must be callable, got {fn!r}")
+
+    def radius(name: str, value: float) -> float:
+        return validation.positive_number(f"infer_rules: {name}", value, concrete=True)
+
+    hidden = radius("hidden_radius", hidden_radius)
     radii = _Radii(
-        validation.positive_number(
-            "infer_rules: embedding_radius", embedding_radius, concrete=True
-        ),
-        validation.positive_number(
-            "infer_rules: input_radius",
-            hidden_radius if input_radius is None else input_radius,
-            concrete=True,
-        ),
-        validation.positive_number("infer_rules: hidden_radius", hidden_radius, concrete=True),
-        validation.positive_number("infer_rules: head_radius", head_radius, concrete=True),
-        validation.positive_number(
-            "infer_rules: vector_radius",
-            hidden_radius if vector_radius is None else vector_radius,
-            concrete=True,
-        ),
+        embedding=radius("embedding_radius", embedding_radius),
+        input=hidden if input_radius is None else radius("input_radius", input_radius),
+        hidden=hidden,
+        head=radius("head_radius", head_radius),
+        vector=hidden if vector_radius is None else radius("vector_radius", vector_radius),
     )
     named, treedef = flatten_with_paths(params)
     overrides = dict(overrides or {})
