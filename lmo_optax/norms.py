@@ -318,30 +318,66 @@ class Spectral(MatrixNorm):
         return self.from_matrices(m * self.scale(shape), tuple(shape)).astype(dtype)
 
 
+LAYOUTS = ("flax", "torch")
+"""Weight layouts: Flax stores a dense kernel (d_in, d_out) and a convolution kernel
+(spatial…, c_in, c_out); PyTorch, Equinox and their kin store (d_out, d_in) and (c_out, c_in,
+spatial…)."""
+Layout = Literal["flax", "torch"]
+
+
+def matrix_axes(layout: Layout) -> dict[str, int]:
+    """The ``reduction_axes``/``output_axes`` of a 2-D weight in ``layout``.
+
+    >>> matrix_axes("flax"), matrix_axes("torch")
+    ({'reduction_axes': -2, 'output_axes': -1}, {'reduction_axes': -1, 'output_axes': -2})
+    """
+    validation.one_of("layout", layout, LAYOUTS)
+    if layout == "torch":
+        return {"reduction_axes": -1, "output_axes": -2}
+    return {"reduction_axes": -2, "output_axes": -1}
+
+
 @dataclasses.dataclass(frozen=True)
 class SpectralConv(Spectral):
-    """Spectral norm of a convolution kernel in Flax HWIO layout (…spatial, c_in, c_out).
+    """Spectral norm of a convolution kernel: Flax HWIO (…spatial, c_in, c_out) layout, or
+    PyTorch's (c_out, c_in, …spatial) with ``layout="torch"``.
 
     The (k₁·…·k_s·c_in, c_out) matrix is orthogonalized, as in the reference ``SpectralConv``,
     and scaled by √(c_out/c_in)/(k₁·…·k_s) (/k for 1-D, /(kh·kw) for 2-D).
     The reduction and output axes are fixed by the layout: spatial axes and c_in reduce.
     """
 
+    layout: Layout = "flax"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validation.one_of("SpectralConv.layout", self.layout, LAYOUTS)
+
     def axes(self, shape: Shape) -> tuple[Axes, Axes, Axes]:
         if len(shape) < 3:
+            layout = (
+                "(c_out, c_in, spatial...)"
+                if self.layout == "torch"
+                else "(spatial..., c_in, c_out)"
+            )
             raise ValueError(
-                f"SpectralConv needs a convolution kernel (spatial..., c_in, c_out) with at "
-                f"least three axes, got shape {tuple(shape)}"
+                f"SpectralConv needs a convolution kernel {layout} with at least three axes, "
+                f"got shape {tuple(shape)}"
             )
         ndim = len(shape)
+        if self.layout == "torch":
+            return tuple(range(1, ndim)), (0,), ()
         return tuple(range(ndim - 1)), (ndim - 1,), ()
 
     def describe(self) -> str:
         return "SpectralConv(input)" if self.input_layer else "SpectralConv"
 
     def dimension_factor(self, shape: Shape) -> float:
-        c_in, c_out = shape[-2], shape[-1]
-        s = math.sqrt(c_out / c_in) / math.prod(shape[:-2])
+        if self.layout == "torch":
+            c_out, c_in, spatial = shape[0], shape[1], shape[2:]
+        else:
+            c_in, c_out, spatial = shape[-2], shape[-1], shape[:-2]
+        s = math.sqrt(c_out / c_in) / math.prod(spatial)
         return max(1.0, s) if self.input_layer else s
 
 
@@ -560,16 +596,26 @@ class Auto(Norm):
 
     0-D and 1-D: RMS; 2-D: Spectral; 3-D: Spectral on the last two axes with the leading axis
     as a batch axis (scanned layers; use ``SpectralConv`` for 1-D convolutions by a rule);
-    4-D: SpectralConv (Flax HWIO convolution); more axes: Spectral on the last two axes.
+    4-D: SpectralConv (a 2-D convolution kernel); more axes: Spectral on the last two axes.
+
+    Attributes:
+      layout: ``"flax"`` (default: (…, d_in, d_out) matrices, HWIO convolutions) or
+        ``"torch"`` ((…, d_out, d_in), OIHW): the shape alone cannot tell them apart.
     """
+
+    layout: Layout = "flax"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validation.one_of("Auto.layout", self.layout, LAYOUTS)
 
     def for_shape(self, shape: Shape) -> Norm:
         ndim = len(shape)
         if ndim <= 1:
             return RMS()
         if ndim == 4:
-            return SpectralConv()
-        return Spectral()
+            return SpectralConv(layout=self.layout)
+        return Spectral(**matrix_axes(self.layout))
 
     def check(self, shape: Shape) -> None:
         self.for_shape(shape).check(shape)
