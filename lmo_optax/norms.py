@@ -176,10 +176,14 @@ class MatrixNorm(Norm):
         red, out, _ = self.axes(shape)
         return math.prod(shape[a] for a in red), math.prod(shape[a] for a in out)
 
+    def matrix_batch(self, shape: Shape) -> Shape:
+        """The leading shape of :meth:`as_matrices` (the batch axes' sizes)."""
+        return tuple(shape[a] for a in self.axes(shape)[2])
+
     def as_matrices(self, x: jax.Array) -> jax.Array:
         """x as (*batch, d_in, d_out); a no-op for the default (…, d_in, d_out) layout."""
         red, out, batch = self.axes(x.shape)
-        d_in, d_out = self.dims(x.shape)
+        d_in, d_out = MatrixNorm.dims(self, x.shape)  # the whole matrix (Spectral splits it)
         perm = batch + red + out
         if perm != tuple(range(x.ndim)):
             x = jnp.transpose(x, perm)
@@ -211,6 +215,13 @@ class Spectral(MatrixNorm):
         (``scion(ns_coeffs=..., ns_steps=...)``), else the library default (Polar Express, 5).
       dtype: Newton–Schulz computation dtype (None: float32).
       method: ``"newton_schulz"`` (default) or ``"svd"`` (exact, for tests and small models).
+      split_input, split_output: orthogonalize blocks separately: d_in split into
+        ``split_input`` equal blocks and d_out into ``split_output`` (a fused QKV kernel
+        (d, 3d): ``split_output=3``; per-head q/k/v (d, heads·head_dim):
+        ``split_output=heads``; per-head output projection (heads·head_dim, d):
+        ``split_input=heads``). The norm is then the largest block's, each block with its own
+        factor √(d_out/d_in) of its block sizes; the blocks are batch matrices to Newton–Schulz
+        and to the sharding strategies.
     """
 
     input_layer: bool = False
@@ -218,11 +229,16 @@ class Spectral(MatrixNorm):
     steps: int | None = None
     dtype: str | None = None
     method: Literal["newton_schulz", "svd"] = "newton_schulz"
+    split_input: int = 1
+    split_output: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
         validation.one_of(f"{name}.method", self.method, ("newton_schulz", "svd"))
+        for field in ("split_input", "split_output"):
+            value = validation.positive_int(f"{name}.{field}", getattr(self, field))
+            object.__setattr__(self, field, value)
         if self.coeffs is not None:
             newton_schulz.coefficient_table(self.coeffs, argument=f"{name}.coeffs")
         if self.steps is not None:
@@ -231,12 +247,53 @@ class Spectral(MatrixNorm):
         object.__setattr__(self, "dtype", None if dtype is None else dtype.name)
 
     def describe(self) -> str:
-        return "Spectral(input)" if self.input_layer else "Spectral"
+        name = "Spectral(input)" if self.input_layer else "Spectral"
+        if (self.split_input, self.split_output) != (1, 1):
+            name += f"[{self.split_input}×{self.split_output} blocks]"
+        return name
 
     def dimension_factor(self, shape: Shape) -> float:
         d_in, d_out = self.dims(shape)
         s = math.sqrt(d_out / d_in)
         return max(1.0, s) if self.input_layer else s
+
+    @property
+    def split(self) -> bool:
+        """Whether the matrices are split into blocks."""
+        return (self.split_input, self.split_output) != (1, 1)
+
+    def dims(self, shape: Shape) -> tuple[int, int]:
+        """(d_in, d_out) of one block (the whole matrix when not split)."""
+        d_in, d_out = super().dims(shape)
+        if d_in % self.split_input or d_out % self.split_output:
+            raise ValueError(
+                f"{self.describe()}: a matrix of d_in={d_in}, d_out={d_out} (shape "
+                f"{tuple(shape)}) does not split into {self.split_input} input and "
+                f"{self.split_output} output blocks"
+            )
+        return d_in // self.split_input, d_out // self.split_output
+
+    def matrix_batch(self, shape: Shape) -> Shape:
+        extra = (self.split_input, self.split_output) if self.split else ()
+        return super().matrix_batch(shape) + extra
+
+    def as_matrices(self, x: jax.Array) -> jax.Array:
+        m = super().as_matrices(x)
+        if not self.split:
+            return m
+        b_in, b_out = self.dims(x.shape)
+        lead = m.shape[:-2]
+        m = m.reshape(lead + (self.split_input, b_in, self.split_output, b_out))
+        n = len(lead)
+        return jnp.transpose(m, tuple(range(n)) + (n, n + 2, n + 1, n + 3))
+
+    def from_matrices(self, m: jax.Array, shape: Shape) -> jax.Array:
+        if self.split:
+            n = m.ndim - 4
+            m = jnp.transpose(m, tuple(range(n)) + (n, n + 2, n + 1, n + 3))
+            d_in, d_out = MatrixNorm.dims(self, shape)
+            m = m.reshape(m.shape[:n] + (d_in, d_out))
+        return super().from_matrices(m, shape)
 
     def with_newton_schulz(
         self, coeffs: newton_schulz.CoeffsLike | None, steps: int | None, dtype: str | None
@@ -305,11 +362,10 @@ class Spectral(MatrixNorm):
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         """Semi-orthogonal matrices (QR with Q·sign(diag R)) times the LMO's factor."""
-        red, out, batch = self.axes(shape)
         d_in, d_out = self.dims(shape)
         if math.prod(shape) == 0:
             return jnp.zeros(shape, dtype)
-        batch_shape = tuple(shape[a] for a in batch)
+        batch_shape = self.matrix_batch(shape)
         tall = d_in >= d_out
         z = jax.random.normal(key, batch_shape + ((d_in, d_out) if tall else (d_out, d_in)))
         q, r = jnp.linalg.qr(z)

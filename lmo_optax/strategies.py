@@ -79,7 +79,7 @@ from lmo_optax.norms import Spectral
 def _is_plain_layout(norm: Spectral, shape: tuple[int, ...]) -> bool:
     """True when the matrices are the last two axes as they are (no transpose, no merge)."""
     red, out, _ = norm.axes(shape)
-    return red == (len(shape) - 2,) and out == (len(shape) - 1,)
+    return red == (len(shape) - 2,) and out == (len(shape) - 1,) and not norm.split
 
 
 def wide_matrices(norm: Spectral, g: jax.Array) -> jax.Array:
@@ -96,8 +96,7 @@ def lmo_from_wide_polar(norm: Spectral, o: jax.Array, g: jax.Array) -> jax.Array
     d_in, d_out = norm.dims(g.shape)
     if d_in > d_out:
         o = jnp.swapaxes(o, -1, -2)
-    _, _, batch = norm.axes(g.shape)
-    o = o.reshape(tuple(g.shape[a] for a in batch) + (d_in, d_out))
+    o = o.reshape(norm.matrix_batch(g.shape) + (d_in, d_out))
     return (norm.from_matrices(o, g.shape) * (-norm.scale(g.shape))).astype(g.dtype)
 
 

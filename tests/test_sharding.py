@@ -555,3 +555,36 @@ def test_init_on_abstract_parameters_over_auto_axes_allocates_nothing():
     updates, new_state = compiled.output_shardings
     assert updates["w"].is_equivalent_to(sharding, 2)
     assert jax.tree.leaves(new_state)[0].is_equivalent_to(sharding, 2)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_split_blocks_and_expert_stacks_under_every_strategy(strategy, axis_type):
+    # A fused QKV kernel split into 3 blocks, a per-head output projection (4 heads), and a
+    # mixture-of-experts stack (layers, experts, d_in, d_out) with the experts sharded: the
+    # blocks and experts are batch matrices; every strategy equals one device.
+    key = jax.random.key(11)
+    params = {
+        "qkv": jax.random.normal(key, (32, 3 * 32)),
+        "out": jax.random.normal(jax.random.fold_in(key, 1), (4 * 8, 32)),
+        "experts": jax.random.normal(jax.random.fold_in(key, 2), (2, 8, 16, 32)),
+    }
+    rules = [
+        lmo_optax.Rule("qkv", lmo_optax.Spectral(split_output=3)),
+        lmo_optax.Rule("out", lmo_optax.Spectral(split_input=4)),
+        lmo_optax.Rule("experts", lmo_optax.Spectral()),
+    ]
+    tx = lmo_optax.scale_by_lmo(rules, ns_sharding=strategy)
+    reference, _ = tx.update(params, tx.init(params))
+    mesh = make_mesh("1d", axis_type)
+    specs = {"qkv": P("data", None), "out": P(None, "data"), "experts": P(None, "data")}
+    with jax.set_mesh(mesh):
+        sp = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+        tx.init(sp)
+        updates, _ = jax.jit(lambda g: tx.update(g, optax.EmptyState()))(sp)
+    for name in params:
+        np.testing.assert_allclose(
+            np.asarray(updates[name]), np.asarray(reference[name]), rtol=1e-4, atol=2e-6
+        )
+        if axis_type == AxisType.Explicit:
+            assert updates[name].sharding.is_equivalent_to(sp[name].sharding, sp[name].ndim)
