@@ -362,33 +362,56 @@ def _vectors(radius: float) -> list[Rule]:
     ]
 
 
-def _attention_and_hidden(radius: float, layout: norms_lib.Layout = "flax") -> list[Rule]:
-    kernels = Rule(
-        _kernel(layout), norms_lib.Spectral(**norms_lib.matrix_axes(layout)), radius, ndim=(2, 3)
-    )
+_FUSED_QKV = r"(^|/)(qkv|c_attn|in_proj|wqkv|query_key_value)(/|$)"
+
+
+def _attention_and_hidden(
+    radius: float,
+    layout: norms_lib.Layout = "flax",
+    split_qkv: bool = False,
+    heads: int | None = None,
+) -> list[Rule]:
+    axes = norms_lib.matrix_axes(layout)
+    kernels = Rule(_kernel(layout), norms_lib.Spectral(**axes), radius, ndim=(2, 3))
+    per_head: list[Rule] = []
+    if split_qkv or heads:
+        # A fused (d, 3·d) kernel: Q, K and V (and each head of them) as separate blocks.
+        blocks = 3 * (heads or 1)
+        per_head.append(
+            Rule(_FUSED_QKV, norms_lib.Spectral(split_output=blocks, **axes), radius,
+                 regex=True, ndim=(2, 3), name=f"fused q/k/v ({blocks} blocks)")
+        )  # fmt: skip
+    if heads:
+        per_head += [
+            Rule(_QKV, norms_lib.Spectral(split_output=heads, **axes), radius, regex=True,
+                 ndim=(2, 3), name="q/k/v per head"),
+            Rule(_OUT, norms_lib.Spectral(split_input=heads, **axes), radius, regex=True,
+                 ndim=(2, 3), name="attention out per head"),
+        ]  # fmt: skip
     if layout == "torch":  # fused and per-projection attention weights are matrices already
-        return [kernels]
-    return [
+        return [*per_head, kernels]
+    dense_general = [
         # DenseGeneral attention kernels: q/k/v (d_model, heads, head_dim), out (heads,
-        # head_dim, d_model); a leading layer axis of scanned blocks is a batch axis.
+        # head_dim, d_model); a leading layer axis of scanned blocks is a batch axis. Per
+        # head, the heads axis is a batch axis too.
         Rule(
             _QKV,
-            norms_lib.Spectral(reduction_axes=-3, output_axes=(-2, -1)),
+            norms_lib.Spectral(reduction_axes=-3, output_axes=-1 if heads else (-2, -1)),
             radius,
             regex=True,
             ndim=(3, 4),
-            name="attention q/k/v",
+            name="attention q/k/v" + (" per head" if heads else ""),
         ),
         Rule(
             _OUT,
-            norms_lib.Spectral(reduction_axes=(-3, -2), output_axes=-1),
+            norms_lib.Spectral(reduction_axes=-2 if heads else (-3, -2), output_axes=-1),
             radius,
             regex=True,
             ndim=(3, 4),
-            name="attention out",
+            name="attention out" + (" per head" if heads else ""),
         ),
-        kernels,
     ]
+    return [*dense_general, *per_head, kernels]
 
 
 def gpt_rules(
@@ -399,6 +422,8 @@ def gpt_rules(
     head_radius: float = 10.0,
     vector_radius: float | None = None,
     layout: norms_lib.Layout = "flax",
+    split_qkv: bool = False,
+    heads: int | None = None,
 ) -> list[Rule]:
     """Rules for a GPT (one-hot token inputs), Flax layout unless ``layout="torch"``.
 
@@ -411,8 +436,17 @@ def gpt_rules(
     124M nanoGPT run used hidden 50 and tied embedding 3000. ``vector_radius`` defaults to
     ``hidden_radius``. ``layout="torch"``: weights are (d_out, d_in) and named ``weight``
     (embedding tables are (vocab, d_model) in both layouts).
+
+    ``split_qkv=True`` orthogonalizes a fused q/k/v kernel (``qkv``, ``c_attn``, ``in_proj``…,
+    (d, 3·d)) as three (d, d) blocks; ``heads=H`` orthogonalizes attention per head: q/k/v
+    (d, H·head_dim) as H blocks, the output projection (H·head_dim, d) as H blocks, a fused
+    kernel as 3·H, and Flax DenseGeneral kernels with their heads axis as a batch axis
+    (``Spectral(split_input=, split_output=)``).
     """
     validation.flag("gpt_rules: tied", tied)
+    validation.flag("gpt_rules: split_qkv", split_qkv)
+    if heads is not None:
+        heads = validation.positive_int("gpt_rules: heads", heads)
     _kernel(layout)
     _check_radii(
         "gpt_rules",
@@ -459,7 +493,7 @@ def gpt_rules(
         ),
         embedding,
         *_vectors_first(vector_radius, layout),
-        *_attention_and_hidden(hidden_radius, layout),
+        *_attention_and_hidden(hidden_radius, layout, split_qkv, heads),
         *_vectors(vector_radius),
     ]
 

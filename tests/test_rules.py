@@ -266,3 +266,35 @@ def test_presets_in_torch_layout_read_weights_as_d_out_by_d_in(preset):
     assert "1 → 0" in table
     with pytest.raises(ValueError, match="layout"):
         make(layout="pytorch")
+
+
+def test_gpt_rules_per_head_and_split_qkv():
+    f = jnp.float32
+    params = {
+        "h": {
+            "0": {
+                "attn": {
+                    "c_attn": {"kernel": jnp.zeros((32, 96), f)},
+                    "query": {"kernel": jnp.zeros((32, 4, 8), f)},
+                    "out": {"kernel": jnp.zeros((4, 8, 32), f)},
+                    "o_proj": {"kernel": jnp.zeros((32, 32), f)},
+                },
+            }
+        },
+    }
+
+    def norms_of(rules):
+        flat = jax.tree.leaves(lmo_optax.assign(params, rules))
+        return {a.path.split("/")[-2]: a.norm for a in flat}
+
+    whole = norms_of(lmo_optax.gpt_rules())
+    assert not whole["c_attn"].split and whole["query"].dims((32, 4, 8)) == (32, 32)
+    fused = norms_of(lmo_optax.gpt_rules(split_qkv=True))
+    assert fused["c_attn"].dims((32, 96)) == (32, 32) and fused["c_attn"].split_output == 3
+    heads = norms_of(lmo_optax.gpt_rules(heads=4))
+    assert heads["c_attn"].split_output == 12 and heads["c_attn"].dims((32, 96)) == (32, 8)
+    assert heads["query"].dims((32, 4, 8)) == (32, 8)  # DenseGeneral: heads are a batch axis
+    assert heads["out"].dims((4, 8, 32)) == (8, 32)
+    assert heads["o_proj"].split_input == 4 and heads["o_proj"].dims((32, 32)) == (8, 32)
+    with pytest.raises(ValueError, match="heads"):
+        lmo_optax.gpt_rules(heads=0)
