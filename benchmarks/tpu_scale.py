@@ -30,9 +30,7 @@ Each search is written to the report as it finishes (the v5e-256 compiles take m
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -177,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "compiling those shapes again",
     )
     args = parser.parse_args(argv)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if importlib.util.find_spec("libtpu") is None:
-        _common.write_report(
-            args, "tpu_scale", {"measured": False, "reason": "libtpu is not installed"}
-        )
-        print('not measured: libtpu is not installed (pip install "lmo-optax[tpu-aot]")')
+    if _common.libtpu_missing(args, "tpu_scale"):
         return 0
     sizes = QUICK if args.quick else FULL
     names = [entry[0] for entry in sizes["slices"]]

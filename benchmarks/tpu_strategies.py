@@ -23,10 +23,8 @@ on two CPU cores).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -210,12 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the previous report's rows (same code) and compile only what is missing",
     )
     args = parser.parse_args(argv)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if importlib.util.find_spec("libtpu") is None:
-        _common.write_report(
-            args, "tpu_strategies", {"measured": False, "reason": "libtpu is not installed"}
-        )
-        print('not measured: libtpu is not installed (pip install "lmo-optax[tpu-aot]")')
+    if _common.libtpu_missing(args, "tpu_strategies"):
         return 0
     sizes = QUICK if args.quick else FULL
     path = _common.result_path(args.results, "tpu_strategies", args.quick)
