@@ -292,7 +292,7 @@ class _Tracer:
 
     def scan(self, eqn: Any, infos: list[_Info]) -> list[_Info]:
         body = eqn.params["jaxpr"].jaxpr
-        n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+        n_consts, n_carry = _scan_counts(eqn)
         consts, carry = infos[:n_consts], infos[n_consts : n_consts + n_carry]
         xs = [_sliced(i) for i in infos[n_consts + n_carry :]]
         for _ in range(3):  # the carry's facts reach a fixed point in a pass or two
@@ -338,6 +338,19 @@ _CALLS = {
     "shard_map",
     "custom_lin",
 }
+
+
+def _scan_counts(eqn: Any) -> tuple[int, int]:
+    """(constants, carries) among a scan's operands, which are constants, carries, then xs.
+
+    JAX 0.10 records the counts; later versions record the three groups as a flat tree
+    (``ft_in``), whose ``update(operands).unpack()`` gives each group's operands.
+    """
+    params = eqn.params
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    consts, carry, _ = params["ft_in"].update(list(eqn.invars)).unpack()
+    return len(list(consts)), len(list(carry))
 
 
 def _sub_jaxpr(eqn: Any) -> Any:
