@@ -496,7 +496,9 @@ def tpu_strategies(r: Report) -> list[str]:
             for g in entry["groups"]
         )
         rows.append([label, str(entry["chips"]), *cells, groups])
-    met = all(e.get("distribute_target_met", False) for e in r["results"].values())
+    measured = {k: e for k, e in r["results"].items() if "distribute_target_met" in e}
+    missing = [k for k in r["results"] if k not in measured]
+    met = bool(measured) and all(e["distribute_target_met"] for e in measured.values())
     stopped = (
         []
         if r.get("complete", True)
@@ -508,7 +510,10 @@ def tpu_strategies(r: Report) -> list[str]:
         "",
         _common.markdown_table(header, rows),
         "",
-        f"distribute ≤ {r['target_over_ideal']}× the ideal on every slice: {_verdict(met)}. "
+        f"distribute ≤ {r['target_over_ideal']}× the ideal on every slice measured: "
+        f"{_verdict(met)}"
+        + (f" (distribute not yet measured on: {', '.join(missing)})" if missing else "")
+        + ". "
         "*whole matrices* deals one whole matrix per chip and pads each group with zero "
         "matrices to a multiple of the chips (a chip with a zero matrix computes it all the "
         "same, and a group with fewer matrices than chips leaves chips idle); that waste is "
@@ -553,7 +558,8 @@ def tpu_scale(r: Report) -> list[str]:
                 f"{e['chips']} × {e['hbm_bytes_per_chip'] / 2**30:.0f} GiB",
                 e["mesh"],
                 e["optimizer"],
-                f"{best['width']} × {best['depth']}" if best else "none",
+                (f"{best['width']} × {best['depth']}" if best else "none")
+                + ("" if "depth_end_fits" in e else " (width searched, not depth)"),
                 f"{best['parameters'] / 1e9:.2f} B" if best else "",
                 f"{best['bytes_per_chip'] / 2**30:.2f}" if best else "",
                 (
