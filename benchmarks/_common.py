@@ -70,6 +70,20 @@ def portable(arg: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def libtpu_missing(args: argparse.Namespace, name: str) -> bool:
+    """For the TPU compiler's benchmarks: without libtpu, writes a "not measured" report and
+    says so; the compiles run on CPUs (``JAX_PLATFORMS=cpu``) either way."""
+    import importlib.util
+    import os
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if importlib.util.find_spec("libtpu") is not None:
+        return False
+    write_report(args, name, {"measured": False, "reason": "libtpu is not installed"})
+    print('not measured: libtpu is not installed (pip install "lmo-optax[tpu-aot]")')
+    return True
+
+
 def write_report(
     args: argparse.Namespace,
     name: str,

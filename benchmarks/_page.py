@@ -463,6 +463,139 @@ def multihost_step(r: Report) -> list[str]:
     ]
 
 
+def tpu_strategies(r: Report) -> list[str]:
+    """Per-chip FLOPs of each Newton–Schulz strategy on TPU slices, from deviceless compiles."""
+    lines = [
+        "`benchmarks/tpu_strategies.py`: Scion's update of GPT-2 (FSDP: matrices sharded along "
+        "d_in over all chips) compiled by the TPU compiler for TPU v5e slices that are not there "
+        "(`jax.experimental.topologies`, libtpu from the `tpu-aot` extra), once per "
+        "`ns_sharding`. Per chip: FLOPs from the compiled program's cost analysis, and their "
+        "ratio to the ideal (replicate's FLOPs over the number of chips).",
+        "",
+    ]
+    if not r["measured"]:
+        return [*lines, f"Not measured: {r['reason']}."]
+    header = [
+        "model on slice",
+        "chips",
+        *STRATEGY_COLUMNS,
+        "groups: count (per chip) → chips per matrix in distribute; auto",
+    ]
+    rows = []
+    for label, entry in r["results"].items():
+        measured = [entry["rows"].get(s) for s in STRATEGY_COLUMNS]
+        cells = [
+            f"{m['flops_per_chip'] / 1e9:.2f} ({m['over_ideal']:.3f}×)"
+            if m and "over_ideal" in m
+            else "not measured"
+            for m in measured
+        ]
+        groups = "; ".join(
+            f"{g['shape'][0]}×{g['shape'][1]}: {g['count']} ({g['per_chip']:.2f}) → "
+            f"{g['distribute_split']}; {g['auto']}"
+            for g in entry["groups"]
+        )
+        rows.append([label, str(entry["chips"]), *cells, groups])
+    measured = {k: e for k, e in r["results"].items() if "distribute_target_met" in e}
+    missing = [k for k in r["results"] if k not in measured]
+    met = bool(measured) and all(e["distribute_target_met"] for e in measured.values())
+    stopped = (
+        []
+        if r.get("complete", True)
+        else ["", "The run was stopped before every row was compiled (*not measured*)."]
+    )
+    return [
+        *lines,
+        "GFLOP per chip (× the ideal):",
+        "",
+        _common.markdown_table(header, rows),
+        "",
+        f"distribute ≤ {r['target_over_ideal']}× the ideal on every slice measured: "
+        f"{_verdict(met)}"
+        + (f" (distribute not yet measured on: {', '.join(missing)})" if missing else "")
+        + ". "
+        "*whole matrices* deals one whole matrix per chip and pads each group with zero "
+        "matrices to a multiple of the chips (a chip with a zero matrix computes it all the "
+        "same, and a group with fewer matrices than chips leaves chips idle); that waste is "
+        "its excess over the ideal. distribute instead deals each group to groups of chips "
+        "that share a matrix (its products with X split along the long axis, its m×m "
+        "products along rows), the smallest groups within 5% of the fewest FLOPs.",
+        *stopped,
+    ]
+
+
+STRATEGY_COLUMNS = ("replicate", "whole matrices", "distribute", "sharded", "auto")
+
+
+def tpu_scale(r: Report) -> list[str]:
+    """The largest GPT whose whole train step fits per chip, per slice and optimizer."""
+    lines = [
+        "`benchmarks/tpu_scale.py`: the example's whole train step (forward, backward, update; "
+        "parameters and optimizer state donated) compiled by the TPU compiler for each slice "
+        "without a TPU, and the bytes a chip needs (`memory_analysis`: arguments, outputs and "
+        "temporaries, donated buffers once) compared with its HBM. A bisection over one family "
+        f"of shapes ({r.get('family', '')}; then, at the widest, the deepest; context "
+        f"{r.get('context', '')}, vocabulary "
+        f"{r.get('vocab', '')} untied, bfloat16 activations, float32 parameters, blocks under "
+        "`nnx.scan` and rematerialized, one sequence per `data` shard) finds the largest "
+        "that fits. FSDP over `data`, tensor parallelism over `model`. State per parameter: "
+        "AdamW 8 bytes, Scion 4, Scion with bfloat16 state 2; parameters and gradients 4 each.",
+        "",
+    ]
+    if not r["measured"]:
+        return [*lines, f"Not measured: {r['reason']}."]
+    rows = []
+    for e in r["results"]:
+        best = e["largest"]
+        tried = {(t["k"], t["depth"]): t for t in e["tried"]}
+        above = None
+        if best:  # one layer more, else the next width
+            k = best["k"]
+            above = tried.get((k, best["depth"] + 1)) or tried.get((k + 1, 4 * (k + 1)))
+        rows.append(
+            [
+                e["slice"],
+                f"{e['chips']} × {e['hbm_bytes_per_chip'] / 2**30:.0f} GiB",
+                e["mesh"],
+                e["optimizer"],
+                (f"{best['width']} × {best['depth']}" if best else "none")
+                + ("" if "depth_end_fits" in e else " (width searched, not depth)"),
+                f"{best['parameters'] / 1e9:.2f} B" if best else "",
+                f"{best['bytes_per_chip'] / 2**30:.2f}" if best else "",
+                (
+                    f"{above['width']} × {above['depth']}: "
+                    + (
+                        f"{above['bytes_per_chip'] / 2**30:.2f} GiB"
+                        if "bytes_per_chip" in above
+                        else above.get("error", "")
+                    )
+                )
+                if above
+                else ("end of range" if e.get("range_end_fits") or e.get("depth_end_fits") else ""),
+            ]
+        )
+    header = [
+        "slice",
+        "chips × HBM",
+        "mesh",
+        "optimizer",
+        "largest width × depth",
+        "parameters",
+        "GiB per chip",
+        "one layer more (or the next width): GiB per chip",
+    ]
+    done = {(e["slice"], e["optimizer"]) for e in r["results"]}
+    missing = [name for name, *_ in r.get("slices", []) if not any(d[0] == name for d in done)]
+    tail = []
+    if not r.get("complete", True):
+        tail = [
+            "",
+            "The run was stopped before it searched every slice"
+            + (f"; not measured: {', '.join(missing)}." if missing else "."),
+        ]
+    return [*lines, _common.markdown_table(header, rows), *tail]
+
+
 def strategies_table(rows: list[Report]) -> str:
     """One row per strategy (or its error)."""
     cells = [
@@ -512,6 +645,12 @@ SECTIONS = {
         ("stdlib_corpus",), stdlib_corpus, ("validation curves", "stdlib_corpus")
     ),
     "10. One mesh in one process or in two": Section(("multihost_step",), multihost_step),
+    "11. Newton–Schulz strategies on TPU slices (compiled without a TPU)": Section(
+        ("tpu_strategies",), tpu_strategies
+    ),
+    "12. The largest GPT that fits a TPU slice (compiled without a TPU)": Section(
+        ("tpu_scale",), tpu_scale
+    ),
 }
 REPORTS = tuple(dict.fromkeys(n for section in SECTIONS.values() for n in section.reports))
 PLOTS = tuple(section.plot[1] for section in SECTIONS.values() if section.plot)

@@ -4,6 +4,7 @@ Pethick et al., "Training Deep Learning Models with Norm-Constrained LMOs", ICML
 """
 
 from lmo_optax.diagnostics import average_from_state, diagnostics, diagnostics_table
+from lmo_optax.inference import infer_rules
 from lmo_optax.newton_schulz import (
     COEFFICIENT_TABLES,
     CoefficientTable,
@@ -76,6 +77,7 @@ __all__ = [
     "diagnostics_table",
     "gpt_rules",
     "gpt_tied_rules",
+    "infer_rules",
     "init_on_ball",
     "mlp_rules",
     "orthogonalize",

@@ -27,13 +27,14 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import jax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from lmo_optax import newton_schulz
 from lmo_optax.paths import flatten_with_paths
@@ -207,11 +208,15 @@ class Placement:
             return g
         return jax.lax.optimization_barrier(g)
 
-    def matmul(self, x_spec: PartitionSpec) -> newton_schulz.Matmul:
-        """Newton–Schulz products for X sharded as ``x_spec``; Gram-side results replicated."""
+    def matmul(
+        self, x_spec: PartitionSpec, gram_spec: PartitionSpec | None = None
+    ) -> newton_schulz.Matmul:
+        """Newton–Schulz products for X laid out as ``x_spec`` and the m×m Gram-side matrices
+        as ``gram_spec`` (default: replicated)."""
 
         def matmul(a: jax.Array, b: jax.Array, kind: str) -> jax.Array:
-            sharding = NamedSharding(self.mesh, x_spec if kind == "x" else PartitionSpec())
+            spec = x_spec if kind == "x" else gram_spec or PartitionSpec()
+            sharding = NamedSharding(self.mesh, spec)
             if not self.explicit:
                 return jax.lax.with_sharding_constraint(a @ b, sharding)
             # lax.dot_general, not jnp.matmul: with a batch of one, jnp.matmul squeezes the
@@ -221,6 +226,44 @@ class Placement:
             return jax.lax.dot_general(a, b, (contract, (batch, batch)), out_sharding=sharding)
 
         return matmul
+
+    def can_regroup(self) -> bool:
+        """Whether :meth:`regrouped` applies: a mesh whose axes all share the work."""
+        names = tuple(getattr(self.mesh, "axis_names", ()) or ())
+        return not self.collective and self.mesh is not None and names == self.axes
+
+    def regrouped(self, split: int) -> Placement:
+        """The same devices as a (size/split, split) mesh with axes :data:`REGROUPED_AXES`.
+
+        Devices are taken in the mesh's order, so each group of ``split`` devices is a run of
+        neighbours along its last axes. Inside one ``jit`` the strategies may lay arrays out on
+        either mesh (the device assignment is the same).
+        """
+        if not self.can_regroup() or self.size % split:
+            raise ValueError(f"cannot split {self.size} devices into groups of {split}")
+        sizes = (self.size // split, split)
+        kind = AxisType.Explicit if self.explicit else AxisType.Auto
+        if isinstance(self.mesh, Mesh):
+            devices = self.mesh.devices.reshape(sizes)
+            mesh: Any = Mesh(devices, REGROUPED_AXES, axis_types=(kind, kind))
+        else:
+            mesh = AbstractMesh(sizes, REGROUPED_AXES, axis_types=(kind, kind))
+        return Placement(mesh, REGROUPED_AXES, self.size, explicit=self.explicit)
+
+    @contextlib.contextmanager
+    def computing(self) -> Iterator[None]:
+        """The context to compute in: under Explicit axes, this placement's mesh (JAX checks
+        that the shardings of an operation's results name the mesh in context)."""
+        if not self.explicit:
+            yield
+            return
+        abstract = getattr(self.mesh, "abstract_mesh", self.mesh)
+        with jax.sharding.use_abstract_mesh(abstract):
+            yield
+
+
+REGROUPED_AXES = ("lmo_groups", "lmo_split")
+"""Axis names of :meth:`Placement.regrouped`'s mesh: the groups, and the devices of a group."""
 
 
 def _work_axes(mesh: Any) -> tuple[tuple[str, ...], bool]:

@@ -237,18 +237,21 @@ def _mT(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -1, -2)
 
 
-def newton_schulz_flops(rows: int, cols: int, steps: int, method: str, split: int = 1) -> float:
+def newton_schulz_flops(
+    rows: int, cols: int, steps: int, method: str, split: int = 1, gram_split: int = 1
+) -> float:
     """Floating-point operations of one orthogonalization of a rows×cols matrix.
 
     ``split``: the number of devices sharing the products with X (the 4m²n terms) when X is
-    sharded along its long axis, as in the "sharded" strategy of ``lmo_optax.strategies``; the
-    m×m products are then repeated on every device.
+    sharded along its long axis, as in the "sharded" strategy of ``lmo_optax.strategies``.
+    ``gram_split``: the number sharing the m×m products (the m³ terms), which are otherwise
+    repeated on every device; ``distribute`` over device subgroups splits both.
     """
     m, n = min(rows, cols), max(rows, cols)
     if method == "gram":
         segments = [min(steps, GRAM_RESTART), max(steps - GRAM_RESTART, 0)]
-        return sum(4 * m * m * n / split + (8 * s - 6) * m**3 for s in segments if s)
-    return steps * (4 * m * m * n / split + 2 * m**3)
+        return sum(4 * m * m * n / split + (8 * s - 6) * m**3 / gram_split for s in segments if s)
+    return steps * (4 * m * m * n / split + 2 * m**3 / gram_split)
 
 
 def choose_method(rows: int, cols: int, steps: int, dtype: jnp.dtype) -> str:

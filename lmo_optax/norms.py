@@ -176,10 +176,14 @@ class MatrixNorm(Norm):
         red, out, _ = self.axes(shape)
         return math.prod(shape[a] for a in red), math.prod(shape[a] for a in out)
 
+    def matrix_batch(self, shape: Shape) -> Shape:
+        """The leading shape of :meth:`as_matrices` (the batch axes' sizes)."""
+        return tuple(shape[a] for a in self.axes(shape)[2])
+
     def as_matrices(self, x: jax.Array) -> jax.Array:
         """x as (*batch, d_in, d_out); a no-op for the default (…, d_in, d_out) layout."""
         red, out, batch = self.axes(x.shape)
-        d_in, d_out = self.dims(x.shape)
+        d_in, d_out = MatrixNorm.dims(self, x.shape)  # the whole matrix (Spectral splits it)
         perm = batch + red + out
         if perm != tuple(range(x.ndim)):
             x = jnp.transpose(x, perm)
@@ -211,6 +215,13 @@ class Spectral(MatrixNorm):
         (``scion(ns_coeffs=..., ns_steps=...)``), else the library default (Polar Express, 5).
       dtype: Newton–Schulz computation dtype (None: float32).
       method: ``"newton_schulz"`` (default) or ``"svd"`` (exact, for tests and small models).
+      split_input, split_output: orthogonalize blocks separately: d_in split into
+        ``split_input`` equal blocks and d_out into ``split_output`` (a fused QKV kernel
+        (d, 3d): ``split_output=3``; per-head q/k/v (d, heads·head_dim):
+        ``split_output=heads``; per-head output projection (heads·head_dim, d):
+        ``split_input=heads``). The norm is then the largest block's, each block with its own
+        factor √(d_out/d_in) of its block sizes; the blocks are batch matrices to Newton–Schulz
+        and to the sharding strategies.
     """
 
     input_layer: bool = False
@@ -218,11 +229,16 @@ class Spectral(MatrixNorm):
     steps: int | None = None
     dtype: str | None = None
     method: Literal["newton_schulz", "svd"] = "newton_schulz"
+    split_input: int = 1
+    split_output: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
         validation.one_of(f"{name}.method", self.method, ("newton_schulz", "svd"))
+        for field in ("split_input", "split_output"):
+            value = validation.positive_int(f"{name}.{field}", getattr(self, field))
+            object.__setattr__(self, field, value)
         if self.coeffs is not None:
             newton_schulz.coefficient_table(self.coeffs, argument=f"{name}.coeffs")
         if self.steps is not None:
@@ -231,12 +247,53 @@ class Spectral(MatrixNorm):
         object.__setattr__(self, "dtype", None if dtype is None else dtype.name)
 
     def describe(self) -> str:
-        return "Spectral(input)" if self.input_layer else "Spectral"
+        name = "Spectral(input)" if self.input_layer else "Spectral"
+        if (self.split_input, self.split_output) != (1, 1):
+            name += f"[{self.split_input}×{self.split_output} blocks]"
+        return name
 
     def dimension_factor(self, shape: Shape) -> float:
         d_in, d_out = self.dims(shape)
         s = math.sqrt(d_out / d_in)
         return max(1.0, s) if self.input_layer else s
+
+    @property
+    def split(self) -> bool:
+        """Whether the matrices are split into blocks."""
+        return (self.split_input, self.split_output) != (1, 1)
+
+    def dims(self, shape: Shape) -> tuple[int, int]:
+        """(d_in, d_out) of one block (the whole matrix when not split)."""
+        d_in, d_out = super().dims(shape)
+        if d_in % self.split_input or d_out % self.split_output:
+            raise ValueError(
+                f"{self.describe()}: a matrix of d_in={d_in}, d_out={d_out} (shape "
+                f"{tuple(shape)}) does not split into {self.split_input} input and "
+                f"{self.split_output} output blocks"
+            )
+        return d_in // self.split_input, d_out // self.split_output
+
+    def matrix_batch(self, shape: Shape) -> Shape:
+        extra = (self.split_input, self.split_output) if self.split else ()
+        return super().matrix_batch(shape) + extra
+
+    def as_matrices(self, x: jax.Array) -> jax.Array:
+        m = super().as_matrices(x)
+        if not self.split:
+            return m
+        b_in, b_out = self.dims(x.shape)
+        lead = m.shape[:-2]
+        m = m.reshape(lead + (self.split_input, b_in, self.split_output, b_out))
+        n = len(lead)
+        return jnp.transpose(m, tuple(range(n)) + (n, n + 2, n + 1, n + 3))
+
+    def from_matrices(self, m: jax.Array, shape: Shape) -> jax.Array:
+        if self.split:
+            n = m.ndim - 4
+            m = jnp.transpose(m, tuple(range(n)) + (n, n + 2, n + 1, n + 3))
+            d_in, d_out = MatrixNorm.dims(self, shape)
+            m = m.reshape(m.shape[:n] + (d_in, d_out))
+        return super().from_matrices(m, shape)
 
     def with_newton_schulz(
         self, coeffs: newton_schulz.CoeffsLike | None, steps: int | None, dtype: str | None
@@ -305,11 +362,10 @@ class Spectral(MatrixNorm):
 
     def init(self, key: jax.Array, shape: Shape, dtype: jnp.dtype = jnp.float32) -> jax.Array:
         """Semi-orthogonal matrices (QR with Q·sign(diag R)) times the LMO's factor."""
-        red, out, batch = self.axes(shape)
         d_in, d_out = self.dims(shape)
         if math.prod(shape) == 0:
             return jnp.zeros(shape, dtype)
-        batch_shape = tuple(shape[a] for a in batch)
+        batch_shape = self.matrix_batch(shape)
         tall = d_in >= d_out
         z = jax.random.normal(key, batch_shape + ((d_in, d_out) if tall else (d_out, d_in)))
         q, r = jnp.linalg.qr(z)
@@ -318,30 +374,66 @@ class Spectral(MatrixNorm):
         return self.from_matrices(m * self.scale(shape), tuple(shape)).astype(dtype)
 
 
+LAYOUTS = ("flax", "torch")
+"""Weight layouts: Flax stores a dense kernel (d_in, d_out) and a convolution kernel
+(spatial…, c_in, c_out); PyTorch, Equinox and their kin store (d_out, d_in) and (c_out, c_in,
+spatial…)."""
+Layout = Literal["flax", "torch"]
+
+
+def matrix_axes(layout: Layout) -> dict[str, int]:
+    """The ``reduction_axes``/``output_axes`` of a 2-D weight in ``layout``.
+
+    >>> matrix_axes("flax"), matrix_axes("torch")
+    ({'reduction_axes': -2, 'output_axes': -1}, {'reduction_axes': -1, 'output_axes': -2})
+    """
+    validation.one_of("layout", layout, LAYOUTS)
+    if layout == "torch":
+        return {"reduction_axes": -1, "output_axes": -2}
+    return {"reduction_axes": -2, "output_axes": -1}
+
+
 @dataclasses.dataclass(frozen=True)
 class SpectralConv(Spectral):
-    """Spectral norm of a convolution kernel in Flax HWIO layout (…spatial, c_in, c_out).
+    """Spectral norm of a convolution kernel: Flax HWIO (…spatial, c_in, c_out) layout, or
+    PyTorch's (c_out, c_in, …spatial) with ``layout="torch"``.
 
     The (k₁·…·k_s·c_in, c_out) matrix is orthogonalized, as in the reference ``SpectralConv``,
     and scaled by √(c_out/c_in)/(k₁·…·k_s) (/k for 1-D, /(kh·kw) for 2-D).
     The reduction and output axes are fixed by the layout: spatial axes and c_in reduce.
     """
 
+    layout: Layout = "flax"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validation.one_of("SpectralConv.layout", self.layout, LAYOUTS)
+
     def axes(self, shape: Shape) -> tuple[Axes, Axes, Axes]:
         if len(shape) < 3:
+            layout = (
+                "(c_out, c_in, spatial...)"
+                if self.layout == "torch"
+                else "(spatial..., c_in, c_out)"
+            )
             raise ValueError(
-                f"SpectralConv needs a convolution kernel (spatial..., c_in, c_out) with at "
-                f"least three axes, got shape {tuple(shape)}"
+                f"SpectralConv needs a convolution kernel {layout} with at least three axes, "
+                f"got shape {tuple(shape)}"
             )
         ndim = len(shape)
+        if self.layout == "torch":
+            return tuple(range(1, ndim)), (0,), ()
         return tuple(range(ndim - 1)), (ndim - 1,), ()
 
     def describe(self) -> str:
         return "SpectralConv(input)" if self.input_layer else "SpectralConv"
 
     def dimension_factor(self, shape: Shape) -> float:
-        c_in, c_out = shape[-2], shape[-1]
-        s = math.sqrt(c_out / c_in) / math.prod(shape[:-2])
+        if self.layout == "torch":
+            c_out, c_in, spatial = shape[0], shape[1], shape[2:]
+        else:
+            c_in, c_out, spatial = shape[-2], shape[-1], shape[:-2]
+        s = math.sqrt(c_out / c_in) / math.prod(spatial)
         return max(1.0, s) if self.input_layer else s
 
 
@@ -560,16 +652,26 @@ class Auto(Norm):
 
     0-D and 1-D: RMS; 2-D: Spectral; 3-D: Spectral on the last two axes with the leading axis
     as a batch axis (scanned layers; use ``SpectralConv`` for 1-D convolutions by a rule);
-    4-D: SpectralConv (Flax HWIO convolution); more axes: Spectral on the last two axes.
+    4-D: SpectralConv (a 2-D convolution kernel); more axes: Spectral on the last two axes.
+
+    Attributes:
+      layout: ``"flax"`` (default: (…, d_in, d_out) matrices, HWIO convolutions) or
+        ``"torch"`` ((…, d_out, d_in), OIHW): the shape alone cannot tell them apart.
     """
+
+    layout: Layout = "flax"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validation.one_of("Auto.layout", self.layout, LAYOUTS)
 
     def for_shape(self, shape: Shape) -> Norm:
         ndim = len(shape)
         if ndim <= 1:
             return RMS()
         if ndim == 4:
-            return SpectralConv()
-        return Spectral()
+            return SpectralConv(layout=self.layout)
+        return Spectral(**matrix_axes(self.layout))
 
     def check(self, shape: Shape) -> None:
         self.for_shape(shape).check(shape)

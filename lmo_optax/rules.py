@@ -25,12 +25,12 @@ auto       Auto (RMS for vectors, Spectral for matrices, SpectralConv for 4-D ke
 ...           "block": {"mlp": {"kernel": jnp.zeros((64, 256)), "bias": jnp.zeros(256)}},
 ...           "lm_head": {"kernel": jnp.zeros((64, 256))}}
 >>> print(rules_table(params, gpt_rules()))  # doctest: +NORMALIZE_WHITESPACE
-path              shape      norm          radius  scale    rule
-----------------  ---------  ------------  ------  -------  ---------------
-block/mlp/bias    (256,)     RMS           3       16       *bias
-block/mlp/kernel  (64, 256)  Spectral      3       2        *kernel
-embed/embedding   (256, 64)  ColNorm       1       8        token embedding
-lm_head/kernel    (64, 256)  Sign(1/d_in)  10      0.01562  output head
+path              shape      norm          in → out  radius  scale    rule
+----------------  ---------  ------------  --------  ------  -------  ---------------
+block/mlp/bias    (256,)     RMS                     3       16       *bias
+block/mlp/kernel  (64, 256)  Spectral      0 → 1     3       2        *kernel
+embed/embedding   (256, 64)  ColNorm       0 → 1     1       8        token embedding
+lm_head/kernel    (64, 256)  Sign(1/d_in)  0 → 1     10      0.01562  output head
 """
 
 from __future__ import annotations
@@ -244,19 +244,39 @@ def assign(params: Any, rules: RulesLike = None) -> Any:
 
 
 def rules_table(params: Any, rules: RulesLike = None) -> str:
-    """A text table of every parameter: path, shape, norm, radius, LMO scale factor, rule."""
+    """A text table of every parameter: path, shape, norm, its input → output axes (the
+    layout it assumes: Flax kernels 0 → 1, PyTorch-layout weights 1 → 0; other axes are batch
+    axes), radius, LMO scale factor, rule."""
     assignments = jax.tree.leaves(
         assign(params, rules), is_leaf=lambda x: isinstance(x, Assignment)
     )
     rows = [
-        (a.path, str(a.shape), a.norm.describe(), f"{a.radius:.4g}", f"{a.scale:.4g}", a.rule)
+        (
+            a.path,
+            str(a.shape),
+            a.norm.describe(),
+            _axes_text(a.norm, a.shape),
+            f"{a.radius:.4g}",
+            f"{a.scale:.4g}",
+            a.rule,
+        )
         for a in sorted(assignments, key=lambda a: _natural_key(a.path))
     ]
-    header = ("path", "shape", "norm", "radius", "scale", "rule")
+    header = ("path", "shape", "norm", "in → out", "radius", "scale", "rule")
     # Hand-written (eight lines) because the library depends only on jax, optax and numpy.
     widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
     line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+def _axes_text(norm: norms_lib.Norm, shape: Shape) -> str:
+    """ "0 → 1" for a matrix norm's input and output axes; "" for norms of whole tensors."""
+    if not isinstance(norm, norms_lib.MatrixNorm) or len(shape) < 2:
+        return ""
+    if isinstance(norm, norms_lib.Sign) and not norm.fan_in_scaled:
+        return ""
+    red, out, _ = norm.axes(shape)
+    return f"{','.join(map(str, red))} → {','.join(map(str, out))}"
 
 
 def print_rules(params: Any, rules: RulesLike = None) -> None:
@@ -316,6 +336,13 @@ _HEAD = r"(^|/)(lm_head|head|unembed\w*|output|logits|classifier)(/|$)"
 _EMBED = r"(^|/)(wte|tok\w*|embed\w*|embedder)(/|$)|embedding$"
 _QKV = r"(^|/)(query|key|value|q|k|v|qkv|q_proj|k_proj|v_proj)(/|$)"
 _OUT = r"(^|/)(out|o|o_proj|out_proj)(/|$)"
+_NORM_WEIGHT = r"(^|/)(\w*norm\w*|ln\w*)/weight$"  # PyTorch-layout norm gains: vectors
+
+
+def _kernel(layout: norms_lib.Layout) -> str:
+    """The glob of dense and convolution weights: Flax ``kernel``, PyTorch ``weight``."""
+    validation.one_of("layout", layout, norms_lib.LAYOUTS)
+    return "*weight" if layout == "torch" else "*kernel"
 
 
 def _vectors(radius: float) -> list[Rule]:
@@ -335,28 +362,56 @@ def _vectors(radius: float) -> list[Rule]:
     ]
 
 
-def _attention_and_hidden(radius: float) -> list[Rule]:
-    return [
+_FUSED_QKV = r"(^|/)(qkv|c_attn|in_proj|wqkv|query_key_value)(/|$)"
+
+
+def _attention_and_hidden(
+    radius: float,
+    layout: norms_lib.Layout = "flax",
+    split_qkv: bool = False,
+    heads: int | None = None,
+) -> list[Rule]:
+    axes = norms_lib.matrix_axes(layout)
+    kernels = Rule(_kernel(layout), norms_lib.Spectral(**axes), radius, ndim=(2, 3))
+    per_head: list[Rule] = []
+    if split_qkv or heads:
+        # A fused (d, 3·d) kernel: Q, K and V (and each head of them) as separate blocks.
+        blocks = 3 * (heads or 1)
+        per_head.append(
+            Rule(_FUSED_QKV, norms_lib.Spectral(split_output=blocks, **axes), radius,
+                 regex=True, ndim=(2, 3), name=f"fused q/k/v ({blocks} blocks)")
+        )  # fmt: skip
+    if heads:
+        per_head += [
+            Rule(_QKV, norms_lib.Spectral(split_output=heads, **axes), radius, regex=True,
+                 ndim=(2, 3), name="q/k/v per head"),
+            Rule(_OUT, norms_lib.Spectral(split_input=heads, **axes), radius, regex=True,
+                 ndim=(2, 3), name="attention out per head"),
+        ]  # fmt: skip
+    if layout == "torch":  # fused and per-projection attention weights are matrices already
+        return [*per_head, kernels]
+    dense_general = [
         # DenseGeneral attention kernels: q/k/v (d_model, heads, head_dim), out (heads,
-        # head_dim, d_model); a leading layer axis of scanned blocks is a batch axis.
+        # head_dim, d_model); a leading layer axis of scanned blocks is a batch axis. Per
+        # head, the heads axis is a batch axis too.
         Rule(
             _QKV,
-            norms_lib.Spectral(reduction_axes=-3, output_axes=(-2, -1)),
+            norms_lib.Spectral(reduction_axes=-3, output_axes=-1 if heads else (-2, -1)),
             radius,
             regex=True,
             ndim=(3, 4),
-            name="attention q/k/v",
+            name="attention q/k/v" + (" per head" if heads else ""),
         ),
         Rule(
             _OUT,
-            norms_lib.Spectral(reduction_axes=(-3, -2), output_axes=-1),
+            norms_lib.Spectral(reduction_axes=-2 if heads else (-3, -2), output_axes=-1),
             radius,
             regex=True,
             ndim=(3, 4),
-            name="attention out",
+            name="attention out" + (" per head" if heads else ""),
         ),
-        Rule("*kernel", norms_lib.Spectral(), radius, ndim=(2, 3)),
     ]
+    return [*dense_general, *per_head, kernels]
 
 
 def gpt_rules(
@@ -366,8 +421,11 @@ def gpt_rules(
     hidden_radius: float = 3.0,
     head_radius: float = 10.0,
     vector_radius: float | None = None,
+    layout: norms_lib.Layout = "flax",
+    split_qkv: bool = False,
+    heads: int | None = None,
 ) -> list[Rule]:
-    """Rules for a Flax GPT (one-hot token inputs).
+    """Rules for a GPT (one-hot token inputs), Flax layout unless ``layout="torch"``.
 
     Untied: ColNorm → Spectral → Sign(1/d_in) (Recommendation 3.1 for one-hot inputs). Tied
     (the embedding table is also the head, logits = x @ Eᵀ): Sign with fan-in d_model, the
@@ -376,9 +434,20 @@ def gpt_rules(
 
     Default radii are the paper's shallow-GPT width sweeps (input 1, hidden 3, head 10); its
     124M nanoGPT run used hidden 50 and tied embedding 3000. ``vector_radius`` defaults to
-    ``hidden_radius``.
+    ``hidden_radius``. ``layout="torch"``: weights are (d_out, d_in) and named ``weight``
+    (embedding tables are (vocab, d_model) in both layouts).
+
+    ``split_qkv=True`` orthogonalizes a fused q/k/v kernel (``qkv``, ``c_attn``, ``in_proj``…,
+    (d, 3·d)) as three (d, d) blocks; ``heads=H`` orthogonalizes attention per head: q/k/v
+    (d, H·head_dim) as H blocks, the output projection (H·head_dim, d) as H blocks, a fused
+    kernel as 3·H, and Flax DenseGeneral kernels with their heads axis as a batch axis
+    (``Spectral(split_input=, split_output=)``).
     """
     validation.flag("gpt_rules: tied", tied)
+    validation.flag("gpt_rules: split_qkv", split_qkv)
+    if heads is not None:
+        heads = validation.positive_int("gpt_rules: heads", heads)
+    _kernel(layout)
     _check_radii(
         "gpt_rules",
         embedding_radius=embedding_radius,
@@ -414,11 +483,31 @@ def gpt_rules(
             ndim=2,
             name="positional embedding",
         ),
-        Rule(_HEAD, norms_lib.Sign(), head_radius, regex=True, ndim=2, name="output head"),
+        Rule(
+            _HEAD,
+            norms_lib.Sign(**norms_lib.matrix_axes(layout)),
+            head_radius,
+            regex=True,
+            ndim=2,
+            name="output head",
+        ),
         embedding,
-        *_attention_and_hidden(hidden_radius),
+        *_vectors_first(vector_radius, layout),
+        *_attention_and_hidden(hidden_radius, layout, split_qkv, heads),
         *_vectors(vector_radius),
     ]
+
+
+def _vectors_first(radius: float, layout: norms_lib.Layout) -> list[Rule]:
+    """Rules that must come before the matrices': PyTorch-layout norm gains are ``weight``."""
+    if layout != "torch":
+        return []
+    return [
+        Rule(_NORM_WEIGHT, norms_lib.RMS(init_value="ones"), radius, regex=True, ndim=1,
+             name="norm weight"),
+        Rule(_NORM_WEIGHT, norms_lib.RMS(axes=-1, init_value="ones"), radius, regex=True,
+             ndim=2, name="norm weight (scanned)"),
+    ]  # fmt: skip
 
 
 def gpt_tied_rules(**kwargs: Any) -> list[Rule]:
@@ -432,9 +521,11 @@ def vit_rules(
     head_radius: float = 500.0,
     embedding_radius: float | None = None,
     vector_radius: float | None = None,
+    layout: norms_lib.Layout = "flax",
 ) -> list[Rule]:
-    """Rules for a Flax ViT: Spectral(input) patch embedding (conv or dense) → Spectral hidden
-    → Sign(1/d_in) head; positional embeddings and class token RMS; biases, gains RMS.
+    """Rules for a ViT: Spectral(input) patch embedding (conv or dense) → Spectral hidden
+    → Sign(1/d_in) head (``layout``: see :func:`gpt_rules`); positional embeddings and class
+    token RMS; biases, gains RMS.
 
     Default radii are the paper's DeiT-base run (Auto radius 25, head Sign 500, positional
     embeddings RMS 25).
@@ -448,11 +539,12 @@ def vit_rules(
     )
     embedding_radius = hidden_radius if embedding_radius is None else embedding_radius
     vector_radius = hidden_radius if vector_radius is None else vector_radius
+    axes = norms_lib.matrix_axes(layout)
     patch = r"(^|/)(patch\w*|embedding|stem|conv_proj|to_patch\w*)(/|$)"
     return [
         Rule(
             patch,
-            norms_lib.SpectralConv(input_layer=True),
+            norms_lib.SpectralConv(input_layer=True, layout=layout),
             embedding_radius,
             regex=True,
             ndim=(3, 4),
@@ -460,7 +552,7 @@ def vit_rules(
         ),
         Rule(
             patch,
-            norms_lib.Spectral(input_layer=True),
+            norms_lib.Spectral(input_layer=True, **axes),
             embedding_radius,
             regex=True,
             ndim=2,
@@ -480,41 +572,52 @@ def vit_rules(
             regex=True,
             name="class token",
         ),
-        Rule(_HEAD, norms_lib.Sign(), head_radius, regex=True, ndim=2, name="output head"),
-        *_attention_and_hidden(hidden_radius),
+        Rule(_HEAD, norms_lib.Sign(**axes), head_radius, regex=True, ndim=2, name="output head"),
+        *_vectors_first(vector_radius, layout),
+        *_attention_and_hidden(hidden_radius, layout),
         *_vectors(vector_radius),
     ]
 
 
-def cnn_rules(*, radius: float = 8.0, head_radius: float = 128.0) -> list[Rule]:
-    """Rules for a Flax CNN: SpectralConv(input) first conv → SpectralConv → Sign(1/d_in) on
-    the last dense layer; other dense kernels Spectral; BatchNorm/bias vectors RMS.
+def cnn_rules(
+    *, radius: float = 8.0, head_radius: float = 128.0, layout: norms_lib.Layout = "flax"
+) -> list[Rule]:
+    """Rules for a CNN: SpectralConv(input) first conv → SpectralConv → Sign(1/d_in) on
+    the last dense layer (``layout``: see :func:`gpt_rules`); other dense kernels Spectral;
+    BatchNorm/bias vectors RMS.
 
     Default radii are the paper's airbench CIFAR-10 run (convs and BatchNorm 8, head 128).
     The first conv is the first 3-D or 4-D kernel in natural path order, the head the last
     2-D kernel.
     """
     _check_radii("cnn_rules", radius=radius, head_radius=head_radius)
+    kernel, axes = _kernel(layout), norms_lib.matrix_axes(layout)
     return [
+        *_vectors_first(radius, layout),
         Rule(
-            "*kernel",
-            norms_lib.SpectralConv(input_layer=True),
+            kernel,
+            norms_lib.SpectralConv(input_layer=True, layout=layout),
             radius,
             ndim=(3, 4),
             select="first",
             name="first conv",
         ),
-        Rule("*kernel", norms_lib.Sign(), head_radius, ndim=2, select="last", name="last dense"),
-        Rule("*kernel", norms_lib.SpectralConv(), radius, ndim=(3, 4), name="conv"),
-        Rule("*kernel", norms_lib.Spectral(), radius, ndim=2, name="dense"),
+        Rule(kernel, norms_lib.Sign(**axes), head_radius, ndim=2, select="last", name="last dense"),
+        Rule(kernel, norms_lib.SpectralConv(layout=layout), radius, ndim=(3, 4), name="conv"),
+        Rule(kernel, norms_lib.Spectral(**axes), radius, ndim=2, name="dense"),
         *_vectors(radius),
     ]
 
 
 def mlp_rules(
-    *, radius: float = 1.0, head_radius: float | None = None, vector_radius: float | None = None
+    *,
+    radius: float = 1.0,
+    head_radius: float | None = None,
+    vector_radius: float | None = None,
+    layout: norms_lib.Layout = "flax",
 ) -> list[Rule]:
-    """Rules for an MLP: Spectral(input) → Spectral → Sign(1/d_in) (paper Table 3).
+    """Rules for an MLP: Spectral(input) → Spectral → Sign(1/d_in) (paper Table 3;
+    ``layout``: see :func:`gpt_rules`).
 
     The first and last layers are the first and last 2-D kernels in natural path order
     (``layers/2`` before ``layers/10``). ``head_radius`` and ``vector_radius`` default to
@@ -523,25 +626,27 @@ def mlp_rules(
     _check_radii("mlp_rules", radius=radius, head_radius=head_radius, vector_radius=vector_radius)
     head_radius = radius if head_radius is None else head_radius
     vector_radius = radius if vector_radius is None else vector_radius
+    kernel, axes = _kernel(layout), norms_lib.matrix_axes(layout)
     return [
+        *_vectors_first(vector_radius, layout),
         Rule(
-            "*kernel",
-            norms_lib.Spectral(input_layer=True),
+            kernel,
+            norms_lib.Spectral(input_layer=True, **axes),
             radius,
             ndim=2,
             select="first",
             name="first layer",
         ),
-        Rule("*kernel", norms_lib.Sign(), head_radius, ndim=2, select="last", name="last layer"),
-        Rule("*kernel", norms_lib.Spectral(), radius, ndim=2, name="hidden"),
+        Rule(kernel, norms_lib.Sign(**axes), head_radius, ndim=2, select="last", name="last layer"),
+        Rule(kernel, norms_lib.Spectral(**axes), radius, ndim=2, name="hidden"),
         *_vectors(vector_radius),
     ]
 
 
-def auto_rules(radius: float = 1.0) -> list[Rule]:
-    """One catch-all rule: ``Auto()`` chooses the norm from each parameter's shape."""
+def auto_rules(radius: float = 1.0, layout: norms_lib.Layout = "flax") -> list[Rule]:
+    """One catch-all rule: ``Auto(layout)`` chooses the norm from each parameter's shape."""
     _check_radii("auto_rules", radius=radius)
-    return [Rule("*", norms_lib.Auto(), radius, name="auto")]
+    return [Rule("*", norms_lib.Auto(layout=layout), radius, name="auto")]
 
 
 PRESETS: dict[str, Callable[[], list[Rule]]] = {

@@ -10,11 +10,16 @@ Newton–Schulz settings, each group by one of the strategies of :data:`STRATEGI
     Gather each matrix, orthogonalize it on every device, keep each device's part. The
     baseline: simple, and every device does all the work.
 ``"distribute"``
-    Stack the group's matrices (the layer axis of scanned parameters included), shard the
-    stack over all the devices of the mesh (padding it with zero matrices to a multiple of
-    their number), so that each device orthogonalizes its share of whole matrices; then bring
-    every result back to its parameter's layout. The moves are all-to-alls; no device gathers
-    matrices it does not work on. This is the JAX counterpart of distributed Muon.
+    Stack the group's matrices (the layer axis of scanned parameters included) and deal the
+    stack to the devices, so that each orthogonalizes its share; then bring every result back
+    to its parameter's layout. The moves are all-to-alls; no device gathers matrices it does
+    not work on. This is the JAX counterpart of distributed Muon. Where the count does not
+    divide the devices, dealing whole matrices would leave devices idle (12 matrices on 16
+    devices: a quarter of them), so the devices are taken in groups that share a matrix
+    (:func:`distribute_plan`: 12 on 16 go to 4 groups of 4, three matrices per group, each
+    matrix's products split 4 ways), on a mesh of the same devices regrouped as (groups,
+    split). In ``pmap``/``shard_map`` (``ns_axis_name``) the matrices are dealt whole, the stack
+    padded with zero matrices to a multiple of the devices.
 ``"sharded"``
     For single matrices too large to gather: Newton–Schulz on the matrix sharded along its long
     axis, every product given its output sharding. Products with X stay sharded; the small m×m
@@ -22,9 +27,11 @@ Newton–Schulz settings, each group by one of the strategies of :data:`STRATEGI
     the cheap direction).
 
 ``"auto"`` (the default) picks, for each group, the strategy with the fewest floating-point
-operations per device (ties: the first in the table): ``distribute`` for groups of many
-matrices, ``sharded`` for a few large rectangular ones (e.g. an embedding), ``replicate`` when
-neither divides. On one device, or without a mesh, every strategy is the plain computation.
+operations per device (ties: the first in the table): ``distribute`` wherever its device
+groups divide the matrices' sides (a lone large matrix, e.g. an embedding, then goes to one
+group of all the devices, which splits its m×m products too, where ``sharded`` repeats them),
+``sharded`` for a lone matrix whose short side does not divide, ``replicate`` when nothing
+divides. On one device, or without a mesh, every strategy is the plain computation.
 
 Where the mesh comes from (:func:`lmo_optax.layouts.placement`): the Explicit mesh axes in the
 parameters' types, else a mesh passed in (``scion(..., ns_mesh=mesh)``), else the mesh set with
@@ -72,7 +79,7 @@ from lmo_optax.norms import Spectral
 def _is_plain_layout(norm: Spectral, shape: tuple[int, ...]) -> bool:
     """True when the matrices are the last two axes as they are (no transpose, no merge)."""
     red, out, _ = norm.axes(shape)
-    return red == (len(shape) - 2,) and out == (len(shape) - 1,)
+    return red == (len(shape) - 2,) and out == (len(shape) - 1,) and not norm.split
 
 
 def wide_matrices(norm: Spectral, g: jax.Array) -> jax.Array:
@@ -89,8 +96,7 @@ def lmo_from_wide_polar(norm: Spectral, o: jax.Array, g: jax.Array) -> jax.Array
     d_in, d_out = norm.dims(g.shape)
     if d_in > d_out:
         o = jnp.swapaxes(o, -1, -2)
-    _, _, batch = norm.axes(g.shape)
-    o = o.reshape(tuple(g.shape[a] for a in batch) + (d_in, d_out))
+    o = o.reshape(norm.matrix_batch(g.shape) + (d_in, d_out))
     return (norm.from_matrices(o, g.shape) * (-norm.scale(g.shape))).astype(g.dtype)
 
 
@@ -119,11 +125,12 @@ class Group:
     steps: int
     dtype: Any
 
-    def flops(self, split: int = 1) -> int:
-        """Newton–Schulz FLOPs of one matrix, its products split ``split`` ways."""
+    def flops(self, split: int = 1, gram_split: int = 1) -> float:
+        """Newton–Schulz FLOPs of one matrix, its products with X split ``split`` ways and its
+        m×m products ``gram_split`` ways (:func:`lmo_optax.newton_schulz.newton_schulz_flops`)."""
         method = newton_schulz.choose_method(self.rows, self.cols, self.steps, self.dtype)
         return newton_schulz.newton_schulz_flops(
-            self.rows, self.cols, self.steps, method, split=split
+            self.rows, self.cols, self.steps, method, split=split, gram_split=gram_split
         )
 
 
@@ -138,11 +145,11 @@ class Strategy:
     """
 
     name: str
-    cost: Callable[[Group, Placement], int | None]
-    run: Callable[[list[_Item], Placement], None]
+    cost: Callable[[Group, Placement], float | None]
+    run: Callable[[list[_Item], Group, Placement], None]
 
 
-def _replicate(group: list[_Item], where: Placement) -> None:
+def _replicate(group: list[_Item], shape: Group, where: Placement) -> None:
     """Every device orthogonalizes every matrix of the group, whole."""
     for item in group:
         if where.collective:
@@ -152,7 +159,7 @@ def _replicate(group: list[_Item], where: Placement) -> None:
             item.polar = where.constrain(item.norm.polar(x), PartitionSpec())
 
 
-def _sharded(group: list[_Item], where: Placement) -> None:
+def _sharded(group: list[_Item], shape: Group, where: Placement) -> None:
     """Newton–Schulz on each matrix sharded along its long (column) axis."""
     x_spec = where.spec(None, None, "all")
     for item in group:
@@ -187,13 +194,45 @@ def _staging_spec(group: list[_Item], where: Placement) -> PartitionSpec:
     return max(candidates, key=matches)  # ties: the first (rows)
 
 
-def _distribute(group: list[_Item], where: Placement) -> None:
-    """Each device orthogonalizes its share of the group's stacked matrices."""
+SUBGROUP_TOLERANCE = 1.05
+"""``distribute`` takes the smallest device group whose FLOPs per device are within this
+factor of the fewest (a larger group moves more data for the same work)."""
+
+
+def distribute_plan(group: Group, where: Placement) -> tuple[int, float]:
+    """(devices per matrix, FLOPs per device) of ``distribute`` for ``group``.
+
+    The ``count`` matrices are dealt to ``where.size / split`` groups of ``split`` devices, each
+    group orthogonalizing its matrices sharded along their long axis, the m×m products sharded
+    along rows, so a matrix's Newton–Schulz FLOPs divide by ``split``. The stack is padded with
+    zero matrices to a multiple of the number of groups, so the cost per device is
+    ⌈count / groups⌉ · flops / split. ``split = 1`` (whole matrices per device) leaves
+    ⌈count / size⌉ − count / size of a matrix idle on each device: 48 matrices on 16 devices
+    fit, 12 leave a quarter of the devices idle, and on 256 devices both do. Larger groups
+    remove that waste (12 matrices on 16 devices: groups of 4, three matrices each).
+    """
+    whole = math.ceil(group.count / where.size) * group.flops()
+    if not where.can_regroup():
+        return 1, whole
+    costs = {1: whole}
+    for split in range(2, where.size + 1):
+        if where.size % split or group.rows % split or group.cols % split:
+            continue
+        groups = where.size // split
+        costs[split] = math.ceil(group.count / groups) * group.flops(split, gram_split=split)
+    fewest = min(costs.values())
+    split = min(s for s, c in costs.items() if c <= SUBGROUP_TOLERANCE * fewest)
+    return split, costs[split]
+
+
+def _distribute(group: list[_Item], shape: Group, where: Placement) -> None:
+    """Each device (or group of devices) orthogonalizes its share of the stacked matrices."""
     norm = group[0].norm
     count = sum(item.wide.shape[0] for item in group)
     rows, cols = group[0].wide.shape[1:]
     dtype = group[0].wide.dtype
-    padding = -count % where.size
+    split = 1 if where.collective else distribute_plan(shape, where)[0]
+    padding = -count % (where.size // split)
     stage = None
     if where.collective:
         stack = jnp.concatenate(
@@ -205,15 +244,33 @@ def _distribute(group: list[_Item], where: Placement) -> None:
         polar = jax.lax.all_gather(norm.polar(mine), where.axes, axis=0, tiled=True)
     else:
         # Stage every matrix sharded along an axis that divides (no whole-matrix gathers), so
-        # the stack is a local concatenation; then one all-to-all puts whole matrices on their
-        # devices, and one more brings them back.
+        # the stack is a local concatenation; then one all-to-all puts whole matrices (or, with
+        # groups, column blocks) on their devices, and one more brings them back.
         stage = _staging_spec(group, where)
         parts = [where.constrain(item.wide, stage) for item in group]
         if padding:
             zeros = jnp.zeros((padding, rows, cols), dtype)
             parts.append(where.constrain(zeros, stage))
-        stack = where.constrain(jnp.concatenate(parts, axis=0), where.spec("all", None, None))
-        polar = where.constrain(norm.polar(stack), stage)
+        stack = jnp.concatenate(parts, axis=0)
+        if split == 1:
+            stack = where.constrain(stack, where.spec("all", None, None))
+            polar = norm.polar(stack)
+        else:
+            groups = where.regrouped(split)
+            along, split_axis = groups.axes
+            x_spec = PartitionSpec(along, None, split_axis)
+            by_rows = PartitionSpec(along, split_axis, None)
+            # From rows over all devices, a direct move to columns within groups is an
+            # all-gather; through rows within groups it is two all-to-alls.
+            via_rows = stage == where.spec(None, "all", None)
+            if via_rows:
+                stack = groups.constrain(stack, by_rows)
+            stack = groups.constrain(stack, x_spec)
+            with groups.computing():
+                polar = norm.polar(stack, matmul=groups.matmul(x_spec, by_rows))
+            if via_rows:
+                polar = groups.constrain(polar, by_rows)
+        polar = where.constrain(polar, stage)
     start = 0
     for item in group:
         size = item.wide.shape[0]
@@ -224,7 +281,7 @@ def _distribute(group: list[_Item], where: Placement) -> None:
         start += size
 
 
-def _sharded_cost(group: Group, where: Placement) -> int | None:
+def _sharded_cost(group: Group, where: Placement) -> float | None:
     if where.collective or max(group.rows, group.cols) % where.size:
         return None
     return group.count * group.flops(split=where.size)
@@ -235,9 +292,7 @@ STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
         Strategy("replicate", lambda g, where: g.count * g.flops(), _replicate),
-        Strategy(
-            "distribute", lambda g, where: math.ceil(g.count / where.size) * g.flops(), _distribute
-        ),
+        Strategy("distribute", lambda g, where: distribute_plan(g, where)[1], _distribute),
         Strategy("sharded", _sharded_cost, _sharded),
     )
 }
@@ -310,14 +365,12 @@ def spectral_lmos(
         groups.setdefault(key, []).append(item)
 
     for ((rows, cols), dtype, (_, steps, ns_dtype)), group in groups.items():
-        chosen = strategy
-        if chosen == "auto":
-            count = sum(item.wide.shape[0] for item in group)
-            shape = Group(count, rows, cols, steps, jnp.dtype(ns_dtype or dtype))
-            chosen = choose_strategy(shape, where)
+        count = sum(item.wide.shape[0] for item in group)
+        shape = Group(count, rows, cols, steps, jnp.dtype(ns_dtype or dtype))
+        chosen = choose_strategy(shape, where) if strategy == "auto" else strategy
         if chosen == "sharded" and cols % where.size:
             chosen = "replicate"  # the long axis does not divide over the devices
-        STRATEGIES[chosen].run(group, where)
+        STRATEGIES[chosen].run(group, shape, where)
 
     out = []
     for item in items:

@@ -88,8 +88,14 @@ def test_ctrl_c_or_a_scheduler_s_sigterm_stops_every_process(signum, said):
         sys.exit(launch(2, ["x"], program={program(children)!r}))
         """
     )
+    # Started with the signal ignored, as a shell starts a background job (SIGINT) or nohup
+    # (SIGHUP): the launcher installs its own handlers, so the signal still stops it.
     launcher = subprocess.Popen(
-        [sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+        [sys.executable, "-c", driver],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_IGN),
     )
     pids = [int(launcher.stdout.readline().split()[1]) for _ in range(2)]
     launcher.send_signal(signum)

@@ -141,8 +141,12 @@ def test_rules_table_lists_every_parameter(capsys):
     params = gpt_params()
     lmo_optax.print_rules(params, "gpt")
     out = capsys.readouterr().out
-    header = out.splitlines()[0].split()
-    assert header == ["path", "shape", "norm", "radius", "scale", "rule"]
+    header = out.splitlines()[0].split("  ")
+    assert [h.strip() for h in header if h.strip()] == [
+        "path", "shape", "norm", "in → out", "radius", "scale", "rule"
+    ]  # fmt: skip
+    # Flax kernels read (d_in, d_out): input axis 0, output axis 1.
+    assert any("Spectral" in line and "0 → 1" in line for line in out.splitlines())
     for path in by_path(params, "gpt"):
         assert path in out
 
@@ -216,3 +220,81 @@ def test_constrained_step_without_params_is_a_clear_error():
     p = {"w": jnp.zeros((2, 2))}
     with pytest.raises(ValueError, match="needs the parameters"):
         tx.update(p, tx.init(p))
+
+
+def test_torch_layout_lmos_are_the_flax_ones_transposed():
+    key = jax.random.key(3)
+    g = jax.random.normal(key, (24, 40))  # Flax (d_in, d_out)
+    for flax_norm, torch_norm in (
+        (lmo_optax.Auto(), lmo_optax.Auto(layout="torch")),
+        (lmo_optax.Spectral(), lmo_optax.Spectral(**lmo_optax.norms.matrix_axes("torch"))),
+    ):
+        flax_lmo = flax_norm.lmo(g)
+        torch_lmo = torch_norm.lmo(g.T)
+        np.testing.assert_allclose(np.asarray(torch_lmo), np.asarray(flax_lmo.T), atol=1e-5)
+        assert torch_norm.scale(g.T.shape) == flax_norm.scale(g.shape)
+    conv = jax.random.normal(key, (3, 3, 8, 16))  # HWIO
+    oihw = jnp.transpose(conv, (3, 2, 0, 1))
+    flax_conv, torch_conv = (
+        lmo_optax.Auto().for_shape(conv.shape),
+        lmo_optax.Auto(layout="torch").for_shape(oihw.shape),
+    )
+    assert torch_conv.scale(oihw.shape) == flax_conv.scale(conv.shape)
+    np.testing.assert_allclose(
+        np.asarray(torch_conv.lmo(oihw)),
+        np.asarray(jnp.transpose(flax_conv.lmo(conv), (3, 2, 0, 1))),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("preset", ["gpt", "mlp", "cnn", "vit", "auto"])
+def test_presets_in_torch_layout_read_weights_as_d_out_by_d_in(preset):
+    make = lmo_optax.PRESETS[preset]
+    params = {
+        "embed_tokens": {"weight": jnp.zeros((64, 16))},
+        "layers": {
+            "0": {"fc": {"weight": jnp.zeros((48, 16)), "bias": jnp.zeros(48)}},
+            "1": {"norm": {"weight": jnp.ones(48)}, "fc": {"weight": jnp.zeros((16, 48))}},
+        },
+        "lm_head": {"weight": jnp.zeros((64, 16))},
+    }
+    flat = {a.path: a for a in jax.tree.leaves(lmo_optax.assign(params, make(layout="torch")))}
+    fc = flat["layers/0/fc/weight"]
+    assert fc.norm.dims(fc.shape) == (16, 48)  # d_in 16, d_out 48
+    assert flat["layers/1/norm/weight"].norm.describe() == "RMS"
+    table = lmo_optax.rules_table(params, make(layout="torch"))
+    assert "1 → 0" in table
+    with pytest.raises(ValueError, match="layout"):
+        make(layout="pytorch")
+
+
+def test_gpt_rules_per_head_and_split_qkv():
+    f = jnp.float32
+    params = {
+        "h": {
+            "0": {
+                "attn": {
+                    "c_attn": {"kernel": jnp.zeros((32, 96), f)},
+                    "query": {"kernel": jnp.zeros((32, 4, 8), f)},
+                    "out": {"kernel": jnp.zeros((4, 8, 32), f)},
+                    "o_proj": {"kernel": jnp.zeros((32, 32), f)},
+                },
+            }
+        },
+    }
+
+    def norms_of(rules):
+        flat = jax.tree.leaves(lmo_optax.assign(params, rules))
+        return {a.path.split("/")[-2]: a.norm for a in flat}
+
+    whole = norms_of(lmo_optax.gpt_rules())
+    assert not whole["c_attn"].split and whole["query"].dims((32, 4, 8)) == (32, 32)
+    fused = norms_of(lmo_optax.gpt_rules(split_qkv=True))
+    assert fused["c_attn"].dims((32, 96)) == (32, 32) and fused["c_attn"].split_output == 3
+    heads = norms_of(lmo_optax.gpt_rules(heads=4))
+    assert heads["c_attn"].split_output == 12 and heads["c_attn"].dims((32, 96)) == (32, 8)
+    assert heads["query"].dims((32, 4, 8)) == (32, 8)  # DenseGeneral: heads are a batch axis
+    assert heads["out"].dims((4, 8, 32)) == (8, 32)
+    assert heads["o_proj"].split_input == 4 and heads["o_proj"].dims((32, 32)) == (8, 32)
+    with pytest.raises(ValueError, match="heads"):
+        lmo_optax.gpt_rules(heads=0)

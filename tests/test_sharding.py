@@ -22,6 +22,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lmo_optax
+from lmo_optax import layouts, strategies
 from lmo_optax.layouts import Placement
 from lmo_optax.strategies import Group, choose_strategy
 
@@ -222,13 +223,19 @@ def test_collectives_are_those_the_strategy_promises(strategy, axis_type):
         assert len(whole) == len(SPECTRAL) and sum(map(math.prod, gathered)) == SPECTRAL_ELEMENTS
         assert elements_moved(hlo, "all-to-all") == 0
     elif strategy == "distribute":
-        # No whole matrix gathered. Each device receives its share of the padded stacks (2
-        # groups of 8 matrices: 4 wide 32×64 + 4 padding, 2 square 32×32 + 6 padding) and sends
-        # it back; moving a parameter whose layout differs from its group's staging layout
-        # costs at most its own share once more each way.
-        assert not whole, gathered
-        stacks = 8 * 32 * 64 + 8 * 32 * 32
-        bound = 2 * stacks // 8 + 2 * SPECTRAL_ELEMENTS // 8
+        # The groups are dealt to groups of devices (distribute_plan): the 4 wide 32×64
+        # matrices to 4 pairs, the 2 square ones to 2 quartets; within a group a matrix is
+        # sharded, so no iterate is gathered, only the Gram-side 32×32 matrices. Each device
+        # receives its share of the stacks and sends it back, through rows within groups
+        # (two all-to-alls each way); moving a parameter whose layout differs from its group's
+        # staging layout costs at most its own share once more each way.
+        where = layouts.placement(jax.tree.leaves(sg), mesh=mesh)
+        for count, cols, split in ((4, 64, 2), (2, 32, 4)):
+            group = strategies.Group(count, 32, cols, 5, jnp.dtype("float32"))
+            assert strategies.distribute_plan(group, where)[0] == split
+        assert all(s[-2:] == (32, 32) for s in whole), gathered
+        stacks = 4 * 32 * 64 + 2 * 32 * 32
+        bound = 4 * stacks // 8 + 2 * SPECTRAL_ELEMENTS // 8
         assert 0 < elements_moved(hlo, "all-to-all") <= bound
     else:  # sharded
         # No whole matrix gathered; the matrices move to their long-axis sharding and back
@@ -250,6 +257,72 @@ def test_auto_strategy_distributes_groups_and_shards_lone_large_matrices():
     assert choose_strategy(Group(1, 768, 50304, 5, f32), where) == "sharded"
     # Nothing divides: replicate.
     assert choose_strategy(Group(1, 7, 9, 5, f32), where) == "replicate"
+
+
+def test_distribute_deals_matrices_to_device_groups_that_leave_no_device_idle():
+    f32 = jnp.dtype(jnp.float32)
+
+    def plan(count, rows, cols, devices, **kw):
+        mesh = jax.sharding.AbstractMesh((devices,), ("data",))
+        where = Placement(mesh, ("data",), devices, **kw)
+        group = Group(count, rows, cols, 5, f32)
+        return strategies.distribute_plan(group, where), group
+
+    # 48 matrices on 16 devices: three whole matrices each, nothing to split.
+    (split, cost), group = plan(48, 768, 3072, 16)
+    assert (split, cost) == (1, 3 * group.flops())
+    # 12 on 16: whole matrices would leave 4 devices idle (cost 1 matrix, ideal 3/4); groups of
+    # 4 devices take 3 matrices each, every product split 4 ways: the ideal.
+    (split, cost), group = plan(12, 768, 768, 16)
+    assert split == 4 and cost == 3 * group.flops(4, gram_split=4)
+    assert cost == pytest.approx(12 * group.flops() / 16)
+    # 24 on 16: pairs, 3 matrices per pair.
+    assert plan(24, 768, 3072, 16)[0][0] == 2
+    # 48 on 256 chips (GPT-2 small's MLP matrices on a v5e-256): groups of 16.
+    (split, cost), group = plan(48, 768, 3072, 256)
+    assert split == 16 and cost == pytest.approx(48 * group.flops() / 256)
+    # 47 on 16: whole matrices are within 5% of the fewest FLOPs, and move the least.
+    assert plan(47, 768, 768, 16)[0][0] == 1
+    # Groups must divide both sides of the matrix: 7×9 matrices are only ever dealt whole.
+    assert plan(3, 7, 9, 16)[0][0] == 1
+    # In pmap/shard_map (collective mode) matrices are dealt whole, padded as before.
+    (split, cost), group = plan(12, 768, 768, 16, collective=True)
+    assert (split, cost) == (1, group.flops())
+
+
+def test_distribute_over_device_groups_equals_one_device_and_keeps_layouts():
+    # Odd counts and shapes on 8 devices, on 1-D and 2-D meshes of each axis type: every
+    # group goes to device groups (3 wide 64×128 matrices: groups of 8; 5 matrices 32×96,
+    # from tall 96×32: groups of 8; one 64×64: all 8 devices).
+    shapes = {"a": (3, 64, 128), "b": (5, 96, 32), "c": (64, 64)}
+    grads = {
+        k: jax.random.normal(jax.random.fold_in(jax.random.key(0), i), s)
+        for i, (k, s) in enumerate(shapes.items())
+    }
+    norms = [lmo_optax.Spectral() for _ in grads]
+    reference = [n.lmo(g) for n, g in zip(norms, grads.values(), strict=True)]
+    for axis_type in (AxisType.Explicit, AxisType.Auto):
+        for kind in ("1d", "2d"):
+            mesh = make_mesh(kind, axis_type)
+            specs = {"a": P(None, "data", None), "b": P(None, "data", None), "c": P(None, "data")}
+            sg = {k: jax.device_put(g, NamedSharding(mesh, specs[k])) for k, g in grads.items()}
+            where = layouts.placement(list(sg.values()), mesh=mesh)
+            for g in sg.values():
+                rows, cols = sorted(g.shape[-2:])
+                group = Group(math.prod(g.shape[:-2]), rows, cols, 5, jnp.dtype("float32"))
+                assert strategies.distribute_plan(group, where)[0] > 1
+
+            def lmos(sg, mesh=mesh):
+                return strategies.spectral_lmos(
+                    norms, list(sg.values()), strategy="distribute", mesh=mesh
+                )
+
+            with jax.set_mesh(mesh):
+                out = jax.jit(lmos)(sg)
+            for o, r, g in zip(out, reference, sg.values(), strict=True):
+                np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-4, atol=2e-6)
+                if axis_type == AxisType.Explicit:
+                    assert o.sharding.is_equivalent_to(g.sharding, g.ndim)
 
 
 def test_square_matrices_of_one_shape_keep_their_own_layouts_under_auto_axes():
@@ -482,3 +555,36 @@ def test_init_on_abstract_parameters_over_auto_axes_allocates_nothing():
     updates, new_state = compiled.output_shardings
     assert updates["w"].is_equivalent_to(sharding, 2)
     assert jax.tree.leaves(new_state)[0].is_equivalent_to(sharding, 2)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_split_blocks_and_expert_stacks_under_every_strategy(strategy, axis_type):
+    # A fused QKV kernel split into 3 blocks, a per-head output projection (4 heads), and a
+    # mixture-of-experts stack (layers, experts, d_in, d_out) with the experts sharded: the
+    # blocks and experts are batch matrices; every strategy equals one device.
+    key = jax.random.key(11)
+    params = {
+        "qkv": jax.random.normal(key, (32, 3 * 32)),
+        "out": jax.random.normal(jax.random.fold_in(key, 1), (4 * 8, 32)),
+        "experts": jax.random.normal(jax.random.fold_in(key, 2), (2, 8, 16, 32)),
+    }
+    rules = [
+        lmo_optax.Rule("qkv", lmo_optax.Spectral(split_output=3)),
+        lmo_optax.Rule("out", lmo_optax.Spectral(split_input=4)),
+        lmo_optax.Rule("experts", lmo_optax.Spectral()),
+    ]
+    tx = lmo_optax.scale_by_lmo(rules, ns_sharding=strategy)
+    reference, _ = tx.update(params, tx.init(params))
+    mesh = make_mesh("1d", axis_type)
+    specs = {"qkv": P("data", None), "out": P(None, "data"), "experts": P(None, "data")}
+    with jax.set_mesh(mesh):
+        sp = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+        tx.init(sp)
+        updates, _ = jax.jit(lambda g: tx.update(g, optax.EmptyState()))(sp)
+    for name in params:
+        np.testing.assert_allclose(
+            np.asarray(updates[name]), np.asarray(reference[name]), rtol=1e-4, atol=2e-6
+        )
+        if axis_type == AxisType.Explicit:
+            assert updates[name].sharding.is_equivalent_to(sp[name].sharding, sp[name].ndim)

@@ -126,6 +126,43 @@ def mesh_on(devices: list[Any], text: str) -> Any:
     return parallel.parse_mesh(text, devices)
 
 
+def state_shardings_like(state: Any, param_shardings: Any, params: Any, mesh: Any) -> Any:
+    """Shardings for an optimizer state traced from abstract parameters.
+
+    ``jax.eval_shape`` does not say where a traced state would live (optax's ``zeros_like``
+    leaves it to the compiler), so each per-parameter buffer gets its parameter's sharding: the
+    parameter whose path ends the buffer's path (``mu/blocks/fc/kernel`` ↔ ``blocks/fc/kernel``)
+    with the same shape. Everything else (step counts, scalars) is replicated, as a run's state
+    made by ``tx.init`` on sharded parameters is.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from lmo_optax.rules import path_to_str
+
+    by_path = {
+        path_to_str(path): (tuple(np.shape(x)), sharding)
+        for (path, x), sharding in zip(
+            jax.tree_util.tree_flatten_with_path(params)[0],
+            jax.tree.leaves(param_shardings),
+            strict=True,
+        )
+    }
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def sharding(path: Any, x: Any) -> Any:
+        name, shape = path_to_str(path), tuple(np.shape(x))
+        for start in range(len(name)):
+            if start and name[start - 1] != "/":
+                continue
+            match = by_path.get(name[start:])
+            if match is not None and match[0] == shape:
+                return match[1]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(sharding, state)
+
+
 def _abstract(tree: Any, shardings: Any) -> Any:
     import jax
 
@@ -140,12 +177,19 @@ def _cost(compiled: Any) -> dict[str, float]:
 
 
 def compile_step(
-    cfg: TrainConfig, optimizer: str, mesh: Any, hbm_bytes: int | None = None
+    cfg: TrainConfig,
+    optimizer: str,
+    mesh: Any,
+    hbm_bytes: int | None = None,
+    *,
+    update_alone: bool = True,
 ) -> Compiled:
     """The donated train step of ``cfg`` with ``optimizer``, compiled for ``mesh``'s devices.
 
     Nothing is allocated: parameters, optimizer state and batch are ``jax.ShapeDtypeStruct``s
     laid out on ``mesh``. ``fits`` compares the step's bytes per chip with ``hbm_bytes``.
+    ``update_alone=False`` skips the second compile, of the update alone (its FLOPs are then
+    NaN).
     """
     import flax.nnx as nnx
     import jax
@@ -169,7 +213,7 @@ def compile_step(
     # init sees the abstract parameters themselves (closed over, not traced), so that each
     # stage records their layouts, as it does from sharded arrays.
     state_shapes = jax.eval_shape(lambda: tx.init(params))
-    state_shardings = parallel.state_shardings(state_shapes, mesh)
+    state_shardings = state_shardings_like(state_shapes, param_shardings, shapes, mesh)
     opt_state = _abstract(state_shapes, state_shardings)
     batch_sharding = parallel.batch_sharding(mesh)
     tokens = jax.ShapeDtypeStruct(
@@ -188,12 +232,14 @@ def compile_step(
     t0 = time.perf_counter()
     compiled = step.lower(params, opt_state, tokens, tokens).compile()
     compile_s = time.perf_counter() - t0
-    update = jax.jit(
-        tx.update,
-        in_shardings=(param_shardings, state_shardings, param_shardings),
-        out_shardings=(param_shardings, state_shardings),
-    )
-    update_cost = _cost(update.lower(params, opt_state, params).compile())
+    update_cost: dict[str, float] = {}
+    if update_alone:
+        update = jax.jit(
+            tx.update,
+            in_shardings=(param_shardings, state_shardings, param_shardings),
+            out_shardings=(param_shardings, state_shardings),
+        )
+        update_cost = _cost(update.lower(params, opt_state, params).compile())
     cost, memory = _cost(compiled), compiled.memory_analysis()
     held = {
         "arguments": int(memory.argument_size_in_bytes),

@@ -82,16 +82,9 @@ def _forward(index: int, source: TextIO, sink: TextIO, lock: threading.Lock) -> 
             pass
 
 
-class _Stopped(Exception):
-    """The launcher got SIGTERM or SIGHUP (a scheduler, ``timeout``, a closed terminal)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise _Stopped(signum)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop the launcher and its processes: Ctrl-C, a scheduler's SIGTERM (or
+``timeout``), a closed terminal's SIGHUP."""
 
 
 def _stop(procs: Sequence[subprocess.Popen]) -> None:
@@ -155,11 +148,20 @@ def launch(
     procs: list[subprocess.Popen] = []
     threads = []
     main = threading.current_thread() is threading.main_thread()
-    handled = (signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, _raise_stopped) for sig in handled} if main else {}
+    # A handler that only notes the signal; the loop below acts on it. Raising from the handler
+    # (KeyboardInterrupt) could land between a lock's acquire and its try inside Popen.poll,
+    # leaving the lock held and the p.wait() that follows stuck.
+    received: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS} if main else {}
     status = 0
     try:
         for i in range(count):
+            if received:
+                break
             p = subprocess.Popen(
                 argv,
                 env=process_environment(i, count, port, devices_per_process),
@@ -173,6 +175,19 @@ def launch(
             t.start()
             threads.append(t)
         while True:
+            if received:
+                signum = received[0]
+                how = (
+                    "interrupted"
+                    if signum == signal.SIGINT
+                    else f"got {signal.Signals(signum).name}"
+                )
+                with lock:
+                    stream.write(f"lmo-optax launch: {how}; stopping every process\n")
+                    stream.flush()
+                _stop(procs)
+                status = 128 + signum
+                break
             ended = [(i, p.poll()) for i, p in enumerate(procs)]  # polls every process
             failed = [(i, code) for i, code in ended if code]
             if failed:
@@ -190,14 +205,6 @@ def launch(
             if all(code == 0 for _, code in ended):
                 break
             time.sleep(poll_s)
-    except (KeyboardInterrupt, _Stopped) as e:
-        signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
-        with lock:
-            how = "interrupted" if signum == signal.SIGINT else f"got {signal.Signals(signum).name}"
-            stream.write(f"lmo-optax launch: {how}; stopping every process\n")
-            stream.flush()
-        _stop(procs)
-        status = 128 + signum
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

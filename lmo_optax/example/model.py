@@ -13,6 +13,13 @@ width), the layouts that ``gpt_rules`` reads as one (width, width) matrix per la
 ``nnx.Linear`` kernel (depth, width, width) would read as an unscanned attention kernel. The
 same weights give the same model in both forms (``stack_layers``).
 
+With ``remat`` each block is rematerialized (``nnx.remat``): the backward pass recomputes the
+block's activations from its input instead of keeping them, so a step keeps one (batch, seq,
+width) input per block rather than every intermediate (attention scores included), for about
+a third more compute. The result is the same. With ``scan_layers`` the saving is large (8
+blocks of width 128 at context 512: 5.5 times fewer temporary bytes for the gradient, compiled
+for CPU); XLA's CPU backend keeps the unscanned program's temporaries as they are.
+
 With ``compute_dtype="bfloat16"`` the parameters stay float32 and the layers compute in
 bfloat16 (Flax's ``dtype=``, ``param_dtype=float32``); ``loss_fn`` takes the cross-entropy in
 float32.
@@ -51,6 +58,7 @@ class GPTConfig:
     tied: bool = False
     norm_gains: bool = False  # learnable RMSNorm gains (modded-nanogpt uses none)
     scan_layers: bool = False  # one stacked block run with nnx.scan (module docstring)
+    remat: bool = False  # recompute each block's activations in the backward pass
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # activations; params float32
 
     def __post_init__(self) -> None:
@@ -165,10 +173,10 @@ class GPT(nnx.Module):
         if self.cfg.positions == "learned":
             x = x + self.position_embedding(jnp.arange(tokens.shape[1]))
         if self.cfg.scan_layers:
-            x = _scan_blocks(self.blocks, x)
+            x = _scan_blocks(self.blocks, x, self.cfg.remat)
         else:
             for block in self.blocks:
-                x = block(x)
+                x = _run_block(block, x) if self.cfg.remat else block(x)
         x = self.final_norm(x)
         if self.cfg.tied:
             return self.token_embedding.attend(x)
@@ -189,12 +197,18 @@ def _stacked_blocks(cfg: GPTConfig, rngs: nnx.Rngs) -> Block:
     return make(rngs)
 
 
-def _scan_blocks(blocks: Block, x: jax.Array) -> jax.Array:
+@nnx.remat
+def _run_block(block: Block, x: jax.Array) -> jax.Array:
+    """``block(x)``, its activations recomputed in the backward pass."""
+    return block(x)
+
+
+def _scan_blocks(blocks: Block, x: jax.Array, remat: bool = False) -> jax.Array:
     """Runs the stacked ``blocks`` in order over the layer axis (one compiled block)."""
 
     @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
     def step(x: jax.Array, block: Block) -> jax.Array:
-        return block(x)
+        return _run_block(block, x) if remat else block(x)
 
     return step(x, blocks)
 
