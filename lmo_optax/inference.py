@@ -392,6 +392,8 @@ def _join2(a: _Info, b: _Info) -> _Info:
 def _reshaped_axes(axes: tuple[Axes, ...], old: tuple[int, ...], new: tuple[int, ...]) -> tuple:
     """The parameter axes each axis of a reshape spans: runs of old and new axes with equal
     products are matched, and every new axis of a run spans all of that run's old axes."""
+    if 0 in old or 0 in new:  # an empty array: every new axis may hold any old one
+        return tuple(frozenset().union(*axes) for _ in new)
     out: list[Axes] = []
     i = j = 0
     while j < len(new):

@@ -226,3 +226,19 @@ def test_stacked_experts_are_batch_axes():
     got = summary(params, infer_rules(forward, params, jnp.zeros((4, 5, 8))))
     # The inputs go straight into the experts: an input layer, per (layer, expert) matrix.
     assert got["experts"] == ("Spectral(input)", 3.0, round(2**0.5, 6), ((2,), (3,)))
+
+
+def test_reshapes_of_empty_and_unit_axes_keep_track_of_the_parameter():
+    from lmo_optax.inference import _reshaped_axes
+
+    a = tuple(frozenset({d}) for d in range(3))
+    assert _reshaped_axes(a, (2, 3, 4), (6, 4)) == (frozenset({0, 1}), frozenset({2}))
+    assert _reshaped_axes(a, (2, 3, 4), (2, 1, 12)) == (
+        frozenset({0}), frozenset(), frozenset({1, 2}),
+    )  # fmt: skip
+    assert _reshaped_axes(a, (0, 3, 4), (3, 0)) == (frozenset({0, 1, 2}),) * 2
+    # An empty parameter reshaped away: its axes cannot be told apart, an error naming it.
+    params = {"w": jnp.zeros((0, 4)), "v": jnp.zeros((4, 3))}
+    with pytest.raises(ValueError, match="'w' \\(0, 4\\)"):
+        infer_rules(lambda p, x: x @ p["w"].reshape(4, 0) @ jnp.zeros((0, 4)) @ p["v"], params,
+                    jnp.zeros((2, 4)))  # fmt: skip
