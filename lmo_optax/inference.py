@@ -174,9 +174,7 @@ class _Tracer:
         if not views and name not in _CALLS and name not in ("scan", "while", "cond"):
             return [self.joined(infos)] * n_out
         if name in _VIEW_UNARY:
-            return [dataclasses.replace(i, active=i.active) for i in infos[:n_out]] + [
-                self.joined(infos)
-            ] * max(0, n_out - len(infos))
+            return list(infos[:n_out]) + [self.joined(infos)] * max(0, n_out - len(infos))
         if name == "transpose":
             (x,) = infos
             perm = params["permutation"]
@@ -440,10 +438,6 @@ def _classify(
     def axes(a: Axes) -> tuple[int, ...]:
         return tuple(sorted(a))
 
-    def described(role: str, inputs: Axes, outputs: Axes) -> str:
-        del inputs, outputs  # rules_table shows a matrix norm's axes
-        return role
-
     gathers = {u for u in uses if u.kind in ("gather", "positional")}
     products = {u for u in uses if u.kind in ("dot", "conv")}
     everything = frozenset(range(len(shape)))
@@ -453,7 +447,7 @@ def _classify(
         if products:
             if all(u.contract == features and u.free == indexed for u in products):
                 norm = norms_lib.Sign(reduction_axes=axes(features), output_axes=axes(indexed))
-                return rule(norm, radii.head, described("tied embedding/head", features, indexed))
+                return rule(norm, radii.head, "tied embedding/head")
             raise ValueError(
                 f"infer_rules: parameter {path!r} {shape} is gathered along axes "
                 f"{axes(indexed)} and also multiplied in a way that is not a tied output head "
@@ -467,7 +461,7 @@ def _classify(
             )
         role = "token embedding" if any(u.kind == "gather" for u in gathers) else "positional"
         norm = norms_lib.ColNorm(reduction_axes=axes(indexed), output_axes=axes(features))
-        return rule(norm, radii.embedding, described(role, indexed, features))
+        return rule(norm, radii.embedding, role)
     if products:
         kinds = {(u.kind, u.contract, u.free, u.spatial) for u in products}
         if len(kinds) > 1:
@@ -492,14 +486,14 @@ def _classify(
             return _conv_rule(path, shape, contract, free, spatial, first, is_head, radii, rule)
         if is_head:
             norm = norms_lib.Sign(reduction_axes=axes(inputs), output_axes=axes(free))
-            return rule(norm, radii.head, described("head", inputs, free))
+            return rule(norm, radii.head, "head")
         if first:
             norm = norms_lib.Spectral(
                 reduction_axes=axes(inputs), output_axes=axes(free), input_layer=True
             )
-            return rule(norm, radii.input, described("input layer", inputs, free))
+            return rule(norm, radii.input, "input layer")
         norm = norms_lib.Spectral(reduction_axes=axes(inputs), output_axes=axes(free))
-        return rule(norm, radii.hidden, described("hidden", inputs, free))
+        return rule(norm, radii.hidden, "hidden")
     if any(u.kind in ("elementwise", "other") for u in uses):
         norm = norms_lib.RMS() if len(shape) <= 1 else norms_lib.RMS(axes=-1)
         return rule(norm, radii.vector, "vector")
