@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -533,7 +534,7 @@ def tpu_scale(r: Report) -> list[str]:
         "`benchmarks/tpu_scale.py`: the example's whole train step (forward, backward, update; "
         "parameters and optimizer state donated) compiled by the TPU compiler for each slice "
         "without a TPU, and the bytes a chip needs (`memory_analysis`: arguments, outputs and "
-        "temporaries, donated buffers once) compared with its HBM. A bisection over one family "
+        "temporaries, donated buffers once) compared with its HBM. A search over one family "
         f"of shapes ({r.get('family', '')}; then, at the widest, the deepest; context "
         f"{r.get('context', '')}, vocabulary "
         f"{r.get('vocab', '')} untied, bfloat16 activations, float32 parameters, blocks under "
@@ -561,13 +562,13 @@ def tpu_scale(r: Report) -> list[str]:
                 (f"{best['width']} × {best['depth']}" if best else "none")
                 + ("" if "depth_end_fits" in e else " (width searched, not depth)"),
                 f"{best['parameters'] / 1e9:.2f} B" if best else "",
-                f"{best['bytes_per_chip'] / 2**30:.2f}" if best else "",
+                _scale_bytes(best) if best else "",
                 (
                     f"{above['width']} × {above['depth']}: "
                     + (
                         f"{above['bytes_per_chip'] / 2**30:.2f} GiB"
                         if "bytes_per_chip" in above
-                        else above.get("error", "")
+                        else _refusal(above.get("error", ""))
                     )
                 )
                 if above
@@ -581,7 +582,7 @@ def tpu_scale(r: Report) -> list[str]:
         "optimizer",
         "largest width × depth",
         "parameters",
-        "GiB per chip",
+        "GiB per chip (arguments + temporaries)",
         "one layer more (or the next width): GiB per chip",
     ]
     done = {(e["slice"], e["optimizer"]) for e in r["results"]}
@@ -593,7 +594,63 @@ def tpu_scale(r: Report) -> list[str]:
             "The run was stopped before it searched every slice"
             + (f"; not measured: {', '.join(missing)}." if missing else "."),
         ]
-    return [*lines, _common.markdown_table(header, rows), *tail]
+    ratios = []
+    for name in dict.fromkeys(e["slice"] for e in r["results"]):
+        largest = {
+            e["optimizer"]: e["largest"]["parameters"]
+            for e in r["results"]
+            if e["slice"] == name and e["largest"]
+        }
+        if "adamw" in largest and len(largest) > 1:
+            ratios.append(
+                f"{name}: "
+                + ", ".join(
+                    f"{SCALE_LABELS.get(variant, variant)} {n / largest['adamw']:.2f}×"
+                    for variant, n in largest.items()
+                    if variant != "adamw"
+                )
+            )
+    notes = (
+        [
+            "",
+            "Largest parameter count over AdamW's, per slice: " + "; ".join(ratios) + ".",
+        ]
+        if ratios
+        else []
+    )
+    notes += [
+        "",
+        "Reading the table: the compiler schedules and rematerializes against the chip's "
+        "memory, so the temporaries of a program with room to spare are not the least it "
+        "could use, and near the limit one layer more can tip a program over (the next row "
+        "is refused with far more temporaries than the last that fits). A search over a "
+        "family assumes that what fits is monotone; near the limit it is not quite, so the "
+        "answer is the largest shape the search compiled that fits, with the next one up "
+        "refused. libtpu's refusals give 15.75 GiB of a v5e chip's 16 GiB as available to a "
+        "program, so a row above 15.75 GiB per chip is at the edge.",
+    ]
+    return [*lines, _common.markdown_table(header, rows), *notes, *tail]
+
+
+SCALE_LABELS = {"scion": "Scion", "scion, bfloat16 state": "Scion with bfloat16 state"}
+
+
+def _refusal(error: str) -> str:
+    """The compiler's out-of-memory refusal, shortened; any other error as it is."""
+    found = re.search(r"temporaries \((\S+?)G?\) exceeds available HBM \((\S+?)G?\)", error)
+    if found:
+        return f"refused: temporaries {found[1]} GiB > {found[2]} available"
+    return error
+
+
+def _scale_bytes(entry: dict[str, Any]) -> str:
+    """A compile's bytes per chip, with its arguments (parameters, optimizer state, batch) and
+    temporaries when the report has them."""
+    total = f"{entry['bytes_per_chip'] / 2**30:.2f}"
+    parts = entry.get("bytes")
+    if not parts:
+        return total
+    return f"{total} ({parts['arguments'] / 2**30:.2f} + {parts['temporaries'] / 2**30:.2f})"
 
 
 def strategies_table(rows: list[Report]) -> str:

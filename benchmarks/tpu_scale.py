@@ -7,9 +7,11 @@ the real TPU compiler for the slice without a TPU (``lmo_optax.example.aot``, li
 ``pip install "lmo-optax[tpu-aot]"``), and the bytes it needs per chip
 (``compiled.memory_analysis()``: arguments, outputs and temporaries, donated buffers once) are
 compared with the chip's HBM (the compiler itself refuses a program whose temporaries exceed
-it). A bisection over one family of shapes finds the widest that fits: width 512·k, depth 4k,
+it). A search over one family of shapes finds the widest that fits: width 512·k, depth 4k,
 4k heads of 128 (k = 8: width 4096, 32 layers); a second, at that width, the deepest (up to
-8k layers). Every shape has context 2048, GPT-2's vocabulary (50304,
+8k layers). Each search starts from a guess (``width_guess``, ``depth_guess``), steps up or
+down until the answer changes and bisects; a shape that does not fit is refused in seconds,
+so a good guess costs one long compile. Every shape has context 2048, GPT-2's vocabulary (50304,
 untied), bfloat16 activations and float32 parameters, blocks under ``nnx.scan`` and
 rematerialized (``model.remat``), one sequence per ``data`` shard. Layout: FSDP over ``data``
 and Megatron-style tensor parallelism over ``model`` (``lmo_optax.example.parallel``), 4 ways,
@@ -115,7 +117,11 @@ class Search:
         t0 = time.perf_counter()
         try:
             run = aot.compile_step(cfg, VARIANTS[self.variant][0], mesh, hbm, update_alone=False)
-            entry.update(bytes_per_chip=run.per_device_bytes["total"], fits=run.fits)
+            entry.update(
+                bytes_per_chip=run.per_device_bytes["total"],
+                bytes=run.per_device_bytes,  # arguments, temporaries, ...
+                fits=run.fits,
+            )
         except Exception as e:  # the compiler refuses a program whose temporaries exceed HBM
             entry.update(fits=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
         entry["compile_s"] = time.perf_counter() - t0
@@ -132,8 +138,8 @@ class Search:
 
 
 def bisect(fits: Any, low: int, high: int) -> int:
-    """The largest n in [low, high) with fits(n), given fits(low) and that fits is monotone
-    (high: known not to fit, or past the range)."""
+    """The largest n in [low, high) with fits(n), given fits(low), not fits(high), and that
+    fits is monotone."""
     while high - low > 1:
         middle = (low + high) // 2
         if fits(middle):
@@ -143,14 +149,61 @@ def bisect(fits: Any, low: int, high: int) -> int:
     return low
 
 
-def largest(search: Search, k_range: tuple[int, int]) -> dict[str, Any]:
+def search_from(fits: Any, guess: int, low: int, high: int) -> int | None:
+    """The largest n in [low, high] with fits(n) (None if not even low fits), starting at
+    ``guess`` and galloping (steps 1, 2, 4, ...) up or down before bisecting.
+
+    A compile that does not fit is refused within seconds, one that fits takes minutes, so a
+    good guess costs about two compiles: the guess, which fits, and the next, which does not.
+    """
+    guess = min(max(guess, low), high)
+    if fits(guess):
+        known, step = guess, 1
+        while known < high:
+            trial = min(known + step, high)
+            if not fits(trial):
+                return bisect(fits, known, trial)
+            known, step = trial, 2 * step
+        return known
+    refused, step = guess, 1
+    while refused > low:
+        trial = max(refused - step, low)
+        if fits(trial):
+            return bisect(fits, trial, refused)
+        refused, step = trial, 2 * step
+    return None
+
+
+def width_guess(variant: str, chips: int, hbm: int, k_range: tuple[int, int]) -> int:
+    """Where the width search starts: the largest k whose parameters, at the variant's bytes
+    per parameter (parameters, gradients and state), take 60 % of the slice's memory. Only
+    a starting point: what fits is decided by the compiles."""
+    per_parameter = {"scion": 12, "scion, bfloat16 state": 10, "adamw": 16}[variant]
+    low, high = k_range
+    budget = 0.6 * hbm * chips
+    fitting = [k for k in range(low, high + 1) if parameters(k) * per_parameter <= budget]
+    return fitting[-1] if fitting else low
+
+
+def depth_guess(entry: dict[str, Any], hbm: int) -> int:
+    """Where the depth search starts at a width that fits at depth 4k: the blocks' share of
+    the measured bytes per chip, per block, extended until the chip's memory is used."""
+    k, depth, used = entry["k"], entry["depth"], entry["bytes_per_chip"]
+    blocks = entry["parameters"] - parameters(k, 0)
+    per_block = used * blocks / entry["parameters"] / depth
+    return depth + int((hbm - used) // per_block)
+
+
+def largest(search: Search, k_range: tuple[int, int], guess: int, hbm: int) -> dict[str, Any]:
     """The largest shape that fits: first the width (depth 4k), then, at that width, the depth
     (up to twice as deep)."""
     low, high = k_range
     result: dict[str, Any] = {"largest": None}
-    if search.fits(low):
-        k = bisect(search.fits, low, high + 1)
-        depth = bisect(lambda d: search.fits(k, d), 4 * k, 8 * k + 1)
+    k = search_from(search.fits, guess, low, high)
+    if k is not None:
+        start = depth_guess(search.tried[(k, 4 * k)], hbm)
+        depth = search_from(lambda d: search.fits(k, d), start, 4 * k, 8 * k)
+        assert depth is not None  # depth 4k fits
         result = {
             "largest": search.tried[(k, depth)],
             "range_end_fits": k == high,
@@ -208,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         for variant in VARIANTS:
             print(f"{name} ({topology}, mesh {mesh_text}): {variant}", flush=True)
             search = Search(variant, topology, mesh_text, earlier.get((name, variant), []))
-            found = largest(search, sizes["k_range"])
+            hbm = aot.hbm_per_device(topology, devices)
+            guess = width_guess(variant, len(devices), hbm, sizes["k_range"])
+            found = largest(search, sizes["k_range"], guess, hbm)
             report["results"].append(
                 {
                     "slice": name,
