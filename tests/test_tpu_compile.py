@@ -181,3 +181,42 @@ def test_distribute_leaves_no_chip_idle_when_the_matrices_do_not_divide(count):
     distribute = update_flops(devices, "distribute", count)
     print(f"{count} matrices: distribute {distribute / (replicate / 8):.3f} x ideal")
     assert distribute <= 1.15 * replicate / 8
+
+
+@needs_libtpu
+def test_each_chip_computes_the_activations_of_its_own_sequences_only(monkeypatch):
+    """On a data=8 mesh with one sequence per chip, no buffer of the compiled step holds the
+    activations of the whole batch: the residual stream is constrained to batch over ``data``
+    after the embedding lookup. Without the constraint the lookup's output takes the layout of
+    the table (vocabulary over ``data``), and every chip computes all eight sequences (seen
+    with GPT-2's vocabulary, scanned rematerialized blocks and bfloat16 compute)."""
+    import dataclasses
+    import re
+
+    from lmo_optax.example import aot, configs
+    from lmo_optax.example.config import load_config
+    from lmo_optax.example.model import GPTConfig
+
+    base = load_config(str(configs.path_of("tiny")))
+    model = GPTConfig(
+        vocab_size=50304, context=256, width=512, depth=4, heads=4,
+        scan_layers=True, remat=True, compute_dtype="bfloat16",
+    )  # fmt: skip
+    cfg = dataclasses.replace(base, model=model, batch_size=8, mesh="")
+    texts = []
+    compile_lowered = jax.stages.Lowered.compile
+
+    def compile_and_keep_text(self, *args, **kwargs):
+        compiled = compile_lowered(self, *args, **kwargs)
+        texts.append(compiled.as_text())
+        return compiled
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", compile_and_keep_text)
+    mesh = aot.mesh_on(aot.topology_devices("v5e:2x4"), "data=8")
+    aot.compile_step(cfg, "adamw", mesh, update_alone=False)
+    (text,) = texts
+    whole_batch = set(re.findall(r"\[8,256,[0-9,]*\]", text))
+    one_sequence = set(re.findall(r"\[1,256,[0-9,]*\]", text))
+    # The lookup's own output (batch, seq, width) before it is laid out; nothing after it.
+    assert whole_batch <= {"[8,256,512]"}, whole_batch
+    assert "[1,256,50304]" in one_sequence  # each chip's logits: one sequence

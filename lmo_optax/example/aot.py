@@ -221,7 +221,7 @@ def compile_step(
     )
 
     def loss_of(p: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-        return loss_fn(nnx.merge(graphdef, p), inputs, targets)
+        return loss_fn(nnx.merge(graphdef, p), inputs, targets, batch_sharding)
 
     step = jax.jit(
         train._step_function(loss_of, tx, cfg.grad_accum_steps),

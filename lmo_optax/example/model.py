@@ -168,8 +168,16 @@ class GPT(nnx.Module):
         if not cfg.tied:
             self.lm_head = nnx.Linear(cfg.width, cfg.vocab_size, use_bias=False, rngs=rngs, **kw)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(
+        self, tokens: jax.Array, activations: jax.sharding.Sharding | None = None
+    ) -> jax.Array:
+        """Logits of ``tokens``. On a mesh, ``activations`` lays out the (batch, seq, width)
+        residual stream (``parallel.batch_sharding``: batch over ``data``). Without it, XLA
+        gives the embedding lookup's output the table's layout (vocabulary over ``data``) and
+        every device computes the whole batch's activations."""
         x = self.token_embedding(tokens)
+        if activations is not None:
+            x = jax.lax.with_sharding_constraint(x, activations)
         if self.cfg.positions == "learned":
             x = x + self.position_embedding(jnp.arange(tokens.shape[1]))
         if self.cfg.scan_layers:
@@ -236,9 +244,15 @@ def stack_layers(params: dict[str, Any], cfg: GPTConfig) -> dict[str, Any]:
     return {**params, "blocks": jax.tree_util.tree_map_with_path(layout, stacked)}
 
 
-def loss_fn(model: GPT, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy (nats; per byte for byte data)."""
-    logits = model(inputs).astype(jnp.float32)
+def loss_fn(
+    model: GPT,
+    inputs: jax.Array,
+    targets: jax.Array,
+    activations: jax.sharding.Sharding | None = None,
+) -> jax.Array:
+    """Mean next-token cross-entropy (nats; per byte for byte data); ``activations`` as in
+    ``GPT.__call__``."""
+    logits = model(inputs, activations).astype(jnp.float32)
     logz = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jnp.mean(logz - picked)

@@ -1,7 +1,10 @@
 """Sharding the GPT example over a device mesh: ``--mesh data=4,model=2``.
 
-The mesh has Auto axes (``jax.sharding.Mesh`` semantics): the model code stays unannotated
-and XLA partitions the forward and backward passes from the layouts given here. Parameters are
+The mesh has Auto axes (``jax.sharding.Mesh`` semantics): XLA partitions the forward and
+backward passes from the layouts given here and one constraint in the model, on the residual
+stream after the embedding lookup (batch over ``data``, ``GPT.__call__(activations=...)``).
+Without that constraint the lookup's output takes the table's layout and every device computes
+the activations of the whole batch. Parameters are
 sharded FSDP-style over ``data`` and tensor-parallel over ``model`` (Megatron layout):
 
 =====================================  ==========================  ========================

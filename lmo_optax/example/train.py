@@ -307,7 +307,7 @@ def build(
         step_jit = functools.partial(jax.jit, donate_argnums=(0, 1))
 
     def loss_of(params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-        return loss_fn(nnx.merge(graphdef, params), inputs, targets)
+        return loss_fn(nnx.merge(graphdef, params), inputs, targets, batch_sharding)
 
     train_step = step_jit(_step_function(loss_of, tx, cfg.grad_accum_steps))
 
