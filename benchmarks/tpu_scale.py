@@ -10,8 +10,9 @@ compared with the chip's HBM (the compiler itself refuses a program whose tempor
 it). A search over one family of shapes finds the widest that fits: width 512·k, depth 4k,
 4k heads of 128 (k = 8: width 4096, 32 layers); a second, at that width, the deepest (up to
 8k layers). Each search starts from a guess (``width_guess``, ``depth_guess``), steps up or
-down until the answer changes and bisects; a shape that does not fit is refused in seconds,
-so a good guess costs one long compile. Every shape has context 2048, GPT-2's vocabulary (50304,
+down until the answer changes and bisects. On v5e a shape that does not fit is mostly refused
+in seconds, so a good guess costs one long compile; on v5p, and for some v5e-256 shapes, the
+refusal comes only after a full compile. Every shape has context 2048, GPT-2's vocabulary (50304,
 untied), bfloat16 activations and float32 parameters, blocks under ``nnx.scan`` and
 rematerialized (``model.remat``), one sequence per ``data`` shard. Layout: FSDP over ``data``
 and Megatron-style tensor parallelism over ``model`` (``lmo_optax.example.parallel``), 4 ways,
@@ -153,8 +154,8 @@ def search_from(fits: Any, guess: int, low: int, high: int) -> int | None:
     """The largest n in [low, high] with fits(n) (None if not even low fits), starting at
     ``guess`` and galloping (steps 1, 2, 4, ...) up or down before bisecting.
 
-    A compile that does not fit is refused within seconds, one that fits takes minutes, so a
-    good guess costs about two compiles: the guess, which fits, and the next, which does not.
+    A good guess costs about two compiles: the guess, which fits, and the next, which does
+    not (often refused within seconds, where a compile that fits takes minutes).
     """
     guess = min(max(guess, low), high)
     if fits(guess):

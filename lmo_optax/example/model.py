@@ -172,9 +172,9 @@ class GPT(nnx.Module):
         self, tokens: jax.Array, activations: jax.sharding.Sharding | None = None
     ) -> jax.Array:
         """Logits of ``tokens``. On a mesh, ``activations`` lays out the (batch, seq, width)
-        residual stream (``parallel.batch_sharding``: batch over ``data``). Without it, XLA
-        gives the embedding lookup's output the table's layout (vocabulary over ``data``) and
-        every device computes the whole batch's activations."""
+        residual stream (``parallel.batch_sharding``: batch over ``data``). Without it, the TPU
+        compiler gives the embedding lookup's output the table's layout (vocabulary over
+        ``data``) and every device computes the whole batch's activations."""
         x = self.token_embedding(tokens)
         if activations is not None:
             x = jax.lax.with_sharding_constraint(x, activations)
