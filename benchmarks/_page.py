@@ -586,12 +586,18 @@ def tpu_scale(r: Report) -> list[str]:
         "one layer more (or the next width): GiB per chip",
     ]
     done = {(e["slice"], e["optimizer"]) for e in r["results"]}
-    missing = [name for name, *_ in r.get("slices", []) if not any(d[0] == name for d in done)]
+    variants = list(dict.fromkeys([*SCALE_LABELS, *(d[1] for d in done)]))
+    missing = [
+        f"{name} ({SCALE_LABELS.get(v, v)})"
+        for name, *_ in r.get("slices", [])
+        for v in variants
+        if (name, v) not in done
+    ]
     tail = []
     if not r.get("complete", True):
         tail = [
             "",
-            "The run was stopped before it searched every slice"
+            "The runs were stopped before they searched every slice and optimizer"
             + (f"; not measured: {', '.join(missing)}." if missing else "."),
         ]
     ratios = []
@@ -625,10 +631,10 @@ def tpu_scale(r: Report) -> list[str]:
             "The same shape under both optimizers (GiB per chip, arguments + temporaries): "
             + "; ".join(same_shape)
             + ". Scion's arguments are smaller (4 bytes of state per parameter against "
-            "AdamW's 8), its temporaries larger: the forward and backward passes are the "
-            "same, so the difference is the update's, whose Newton–Schulz iterates are held "
-            "for all the matrices a chip orthogonalizes in one batch (more with every layer). "
-            "Where a ratio above is below 1, that outweighs the state Scion saves.",
+            "AdamW's 8); the forward and backward passes are the same, so the temporaries "
+            "differ by the update's: Scion's stacks each chip's share of the matrices, "
+            "orthogonalizes them one chunk after the other (`docs/algorithm.md` §5.8) and "
+            "moves the results back to the parameters' layout.",
         ]
     notes += [
         "",
@@ -668,7 +674,11 @@ def _same_shape_comparisons(results: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-SCALE_LABELS = {"scion": "Scion", "scion, bfloat16 state": "Scion with bfloat16 state"}
+SCALE_LABELS = {
+    "scion": "Scion",
+    "scion, bfloat16 state": "Scion with bfloat16 state",
+    "adamw": "AdamW",
+}
 
 
 def _refusal(error: str) -> str:

@@ -9,8 +9,9 @@ the real TPU compiler for the slice without a TPU (``lmo_optax.example.aot``, li
 compared with the chip's HBM (the compiler itself refuses a program whose temporaries exceed
 it). A search over one family of shapes finds the widest that fits: width 512·k, depth 4k,
 4k heads of 128 (k = 8: width 4096, 32 layers); a second, at that width, the deepest (up to
-8k layers). Each search starts from a guess (``width_guess``, ``depth_guess``), steps up or
-down until the answer changes and bisects. On v5e a shape that does not fit is mostly refused
+8k layers). Each search starts from a guess (``width_guess``, ``depth_guess``; a slice's
+later optimizers start at the width found for its first), steps up or down until the answer
+changes and bisects. On v5e a shape that does not fit is mostly refused
 in seconds, so a good guess costs one long compile; on v5p, and for some v5e-256 shapes, the
 refusal comes only after a full compile. Every shape has context 2048, GPT-2's vocabulary (50304,
 untied), bfloat16 activations and float32 parameters, blocks under ``nnx.scan`` and
@@ -25,6 +26,7 @@ average of the gradient (4 bytes), Scion with ``state_dtype="bfloat16"`` one bfl
     .venv/bin/python benchmarks/tpu_scale.py            # three slices, Scion and AdamW
     .venv/bin/python benchmarks/tpu_scale.py --quick    # v5e:2x4, a small range of shapes
     .venv/bin/python benchmarks/tpu_scale.py --slices v5e-256  # one slice; keeps the others'
+    .venv/bin/python benchmarks/tpu_scale.py --slices v5e-256 --variants scion,adamw
     .venv/bin/python benchmarks/tpu_scale.py --resume   # reuse the last report's compiles
 
 Each search is written to the report as it finishes (the v5e-256 compiles take minutes each).
@@ -223,6 +225,19 @@ def main(argv: list[str] | None = None) -> int:
         "results of the others from its previous run",
     )
     parser.add_argument(
+        "--variants",
+        default="",
+        help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all); the report "
+        "keeps the others' results from its previous run",
+    )
+    parser.add_argument(
+        "--width-guess",
+        type=int,
+        default=0,
+        help="k where each width search starts (default: ``width_guess``, then the width found "
+        "for the slice's first optimizer)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="reuse the compiles of the previous report's searches (same code) instead of "
@@ -236,11 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.slices.split(",") if args.slices else names
     if unknown := set(chosen) - set(names):
         parser.error(f"--slices: unknown {sorted(unknown)}; choose from {names}")
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
     kept, earlier = [], {}
     previous = _common.result_path(args.results, "tpu_scale", args.quick)
     if previous.exists():
         old = json.loads(previous.read_text())
-        kept = [e for e in old.get("results", []) if e["slice"] not in chosen]
+        kept = [
+            e
+            for e in old.get("results", [])
+            if e["slice"] not in chosen or e["optimizer"] not in variants
+        ]
         earlier = {(e["slice"], e["optimizer"]): e["tried"] for e in old.get("results", [])}
     if not args.resume:
         earlier = {}
@@ -259,12 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         from lmo_optax.example import aot
 
         devices = aot.topology_devices(topology)
-        for variant in VARIANTS:
+        hbm = aot.hbm_per_device(topology, devices)
+        answer = None  # the width found for an earlier variant: the next search starts there
+        for variant in variants:
             print(f"{name} ({topology}, mesh {mesh_text}): {variant}", flush=True)
             search = Search(variant, topology, mesh_text, earlier.get((name, variant), []))
-            hbm = aot.hbm_per_device(topology, devices)
-            guess = width_guess(variant, len(devices), hbm, sizes["k_range"])
+            guess = (
+                args.width_guess
+                or answer
+                or width_guess(variant, len(devices), hbm, sizes["k_range"])
+            )
             found = largest(search, sizes["k_range"], guess, hbm)
+            answer = found["largest"]["k"] if found["largest"] else answer
             report["results"].append(
                 {
                     "slice": name,
@@ -277,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             _common.write_report(args, "tpu_scale", report)  # after each search: hours in all
-    searched = {e["slice"] for e in report["results"]}
-    report["complete"] = all(name in searched for name in names)
+    searched = {(e["slice"], e["optimizer"]) for e in report["results"]}
+    report["complete"] = all((n, v) in searched for n in names for v in VARIANTS)
     report["results"].sort(
         key=lambda e: (names.index(e["slice"]), list(VARIANTS).index(e["optimizer"]))
     )

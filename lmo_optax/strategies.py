@@ -18,8 +18,10 @@ Newton–Schulz settings, each group by one of the strategies of :data:`STRATEGI
     devices: a quarter of them), so the devices are taken in groups that share a matrix
     (:func:`distribute_plan`: 12 on 16 go to 4 groups of 4, three matrices per group, each
     matrix's products split 4 ways), on a mesh of the same devices regrouped as (groups,
-    split). In ``pmap``/``shard_map`` (``ns_axis_name``) the matrices are dealt whole, the stack
-    padded with zero matrices to a multiple of the devices.
+    split). A large group is dealt in chunks, one after the other, so that a device holds the
+    iterates of about :data:`DISTRIBUTE_CHUNK_BYTES` at a time. In ``pmap``/``shard_map``
+    (``ns_axis_name``) the matrices are dealt whole, the stack padded with zero matrices to a
+    multiple of the devices.
 ``"sharded"``
     For single matrices too large to gather: Newton–Schulz on the matrix sharded along its long
     axis, every product given its output sharding. Products with X stay sharded; the small m×m
@@ -225,6 +227,52 @@ def distribute_plan(group: Group, where: Placement) -> tuple[int, float]:
     return split, costs[split]
 
 
+DISTRIBUTE_CHUNK_BYTES = 1 << 28
+"""``distribute`` deals a large group's matrices in chunks whose matrices take about this many
+bytes per device (a device's blocks of X and the full m×m Gram-side matrices its products
+need; the Newton–Schulz iterates are a few times that), one chunk after the other; a group
+that fits is dealt at once. Without chunks a device holds the iterates of all its matrices at
+the same time: on a TPU v5e-256 slice, 272 matrices of 8704×8704 in device groups of 16 need
+17 full 8704×8704 Gram-side matrices per device."""
+
+
+def distribute_rounds_per_chunk(group: Group, split: int) -> int:
+    """Rounds (one matrix per device group each) that ``distribute`` deals at once.
+
+    A round costs each device its 1/``split`` of a matrix and one full m×m matrix (the
+    Gram-side products are gathered for the products with X), at the group's Newton–Schulz
+    dtype; as many rounds go together as fit :data:`DISTRIBUTE_CHUNK_BYTES` (at least one).
+    """
+    itemsize = jnp.dtype(group.dtype).itemsize
+    per_round = (group.rows * group.cols // split + group.rows * group.rows) * itemsize
+    return max(1, DISTRIBUTE_CHUNK_BYTES // per_round)
+
+
+def _orthogonalize_dealt(
+    norm: Spectral, stack: jax.Array, split: int, stage: PartitionSpec, where: Placement
+) -> jax.Array:
+    """The polar factors of ``stack`` (staged as ``stage``), dealt whole matrices per device
+    (``split`` = 1) or to device groups of ``split``, returned in the stage layout."""
+    if split == 1:
+        stack = where.constrain(stack, where.spec("all", None, None))
+        return where.constrain(norm.polar(stack), stage)
+    groups = where.regrouped(split)
+    along, split_axis = groups.axes
+    x_spec = PartitionSpec(along, None, split_axis)
+    by_rows = PartitionSpec(along, split_axis, None)
+    # From rows over all devices, a direct move to columns within groups is an all-gather;
+    # through rows within groups it is two all-to-alls.
+    via_rows = stage == where.spec(None, "all", None)
+    if via_rows:
+        stack = groups.constrain(stack, by_rows)
+    stack = groups.constrain(stack, x_spec)
+    with groups.computing():
+        polar = norm.polar(stack, matmul=groups.matmul(x_spec, by_rows))
+    if via_rows:
+        polar = groups.constrain(polar, by_rows)
+    return where.constrain(polar, stage)
+
+
 def _distribute(group: list[_Item], shape: Group, where: Placement) -> None:
     """Each device (or group of devices) orthogonalizes its share of the stacked matrices."""
     norm = group[0].norm
@@ -244,33 +292,30 @@ def _distribute(group: list[_Item], shape: Group, where: Placement) -> None:
         polar = jax.lax.all_gather(norm.polar(mine), where.axes, axis=0, tiled=True)
     else:
         # Stage every matrix sharded along an axis that divides (no whole-matrix gathers), so
-        # the stack is a local concatenation; then one all-to-all puts whole matrices (or, with
-        # groups, column blocks) on their devices, and one more brings them back.
+        # the stack is a local concatenation; then one all-to-all per chunk puts whole
+        # matrices (or, with groups, column blocks) on their devices, and one more brings them
+        # back.
         stage = _staging_spec(group, where)
         parts = [where.constrain(item.wide, stage) for item in group]
         if padding:
             zeros = jnp.zeros((padding, rows, cols), dtype)
             parts.append(where.constrain(zeros, stage))
         stack = jnp.concatenate(parts, axis=0)
-        if split == 1:
-            stack = where.constrain(stack, where.spec("all", None, None))
-            polar = norm.polar(stack)
-        else:
-            groups = where.regrouped(split)
-            along, split_axis = groups.axes
-            x_spec = PartitionSpec(along, None, split_axis)
-            by_rows = PartitionSpec(along, split_axis, None)
-            # From rows over all devices, a direct move to columns within groups is an
-            # all-gather; through rows within groups it is two all-to-alls.
-            via_rows = stage == where.spec(None, "all", None)
-            if via_rows:
-                stack = groups.constrain(stack, by_rows)
-            stack = groups.constrain(stack, x_spec)
-            with groups.computing():
-                polar = norm.polar(stack, matmul=groups.matmul(x_spec, by_rows))
-            if via_rows:
-                polar = groups.constrain(polar, by_rows)
-        polar = where.constrain(polar, stage)
+        dealt = where.size // split  # matrices per round: one per device (group)
+        per_chunk = dealt * distribute_rounds_per_chunk(shape, split)
+        pieces, previous = [], None
+        for start in range(0, stack.shape[0], per_chunk):
+            # The count axis is not sharded: a local slice, pinned to the stage layout (else
+            # XLA may move the whole stack to the chunk's next layout before slicing).
+            chunk = where.constrain(stack[start : start + per_chunk], stage)
+            if previous is not None:
+                # The next chunk starts when the last one is back in the stage layout, so
+                # only one chunk's whole matrices and iterates are held at a time.
+                chunk, previous = jax.lax.optimization_barrier((chunk, previous))
+                pieces[-1] = previous
+            previous = _orthogonalize_dealt(norm, chunk, split, stage, where)
+            pieces.append(previous)
+        polar = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
     start = 0
     for item in group:
         size = item.wide.shape[0]
