@@ -560,7 +560,8 @@ def tpu_scale(r: Report) -> list[str]:
                 e["mesh"],
                 e["optimizer"],
                 (f"{best['width']} × {best['depth']}" if best else "none")
-                + ("" if "depth_end_fits" in e else " (width searched, not depth)"),
+                + ("" if "depth_end_fits" in e else " (width searched, not depth)")
+                + (" (the deepest searched, 8k)" if e.get("depth_end_fits") else ""),
                 f"{best['parameters'] / 1e9:.2f} B" if best else "",
                 _scale_bytes(best) if best else "",
                 (
@@ -597,8 +598,8 @@ def tpu_scale(r: Report) -> list[str]:
     if not r.get("complete", True):
         tail = [
             "",
-            "The runs were stopped before they searched every slice and optimizer"
-            + (f"; not measured: {', '.join(missing)}." if missing else "."),
+            (f"Not measured in these runs: {', '.join(missing)}." if missing else "")
+            or "The run was stopped before it searched every slice and optimizer.",
         ]
     ratios = []
     for name in dict.fromkeys(e["slice"] for e in r["results"]):
@@ -644,8 +645,12 @@ def tpu_scale(r: Report) -> list[str]:
         "is refused with far more temporaries than the last that fits). A search over a "
         "family assumes that what fits is monotone; near the limit it is not quite, so the "
         "answer is the largest shape the search compiled that fits, with the next one up "
-        "refused. libtpu's refusals give 15.75 GiB of a v5e chip's 16 GiB as available to a "
-        "program, so a row above 15.75 GiB per chip is at the edge.",
+        "refused. Scion's memory also depends on how `distribute` deals the matrices (whole, "
+        "one or more per chip, or to groups of chips that share each matrix, and in how many "
+        "chunks: `docs/algorithm.md` §5.8), which changes with the width and the number of "
+        "layers; a wider shape can need far more memory per parameter. libtpu's refusals "
+        "give 15.75 GiB of a v5e chip's 16 GiB as available to a program, so a row above "
+        "15.75 GiB per chip is at the edge.",
     ]
     return [*lines, _common.markdown_table(header, rows), *notes, *tail]
 
@@ -686,6 +691,9 @@ def _refusal(error: str) -> str:
     found = re.search(r"temporaries \((\S+?)G?\) exceeds available HBM \((\S+?)G?\)", error)
     if found:
         return f"refused: temporaries {found[1]} GiB > {found[2]} available"
+    found = re.search(r"Used (\S+?)G of (\S+?)G hbm", error)
+    if found:  # refused after a full compile
+        return f"refused: {found[1]} GiB > {found[2]} available"
     return error
 
 
