@@ -18,8 +18,8 @@ Newton–Schulz settings, each group by one of the strategies of :data:`STRATEGI
     devices: a quarter of them), so the devices are taken in groups that share a matrix
     (:func:`distribute_plan`: 12 on 16 go to 4 groups of 4, three matrices per group, each
     matrix's products split 4 ways), on a mesh of the same devices regrouped as (groups,
-    split). A large group is dealt in chunks, one after the other, so that a device holds the
-    iterates of about :data:`DISTRIBUTE_CHUNK_BYTES` at a time. In ``pmap``/``shard_map``
+    split). A large group is dealt in chunks, one after the other, each chunk's matrices
+    taking about :data:`DISTRIBUTE_CHUNK_BYTES` per device. In ``pmap``/``shard_map``
     (``ns_axis_name``) the matrices are dealt whole, the stack padded with zero matrices to a
     multiple of the devices.
 ``"sharded"``
